@@ -1,0 +1,383 @@
+"""CIFAR-10 held in memory as uint8 and turned into float batches on the training device.
+
+The starter code decoded and normalised every image through PIL in worker processes; here
+the whole dataset (184 MB as uint8) sits in memory, on the GPU when there is one, and each
+batch is normalised, optionally resized and augmented there, in one tensor operation.
+
+Data is looked for in `--data-dir`, then `$CIFAR10_DIR`, then `data/cifar10` beside this
+file, in either layout users have: torchvision's `cifar-10-batches-py` pickles, or image
+folders `train/<class>/*.png|jpg` and `test/<class>/*` (decoded once, then cached).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import pickle
+import socket
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from utils import UserError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cifar10"
+CIFAR_MEAN, CIFAR_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+CACHE_NAME = ".cifar10-uint8-cache.pt"
+CACHE_VERSION = 1
+
+
+@dataclass
+class RawCIFAR10:
+    """Images as uint8 (N, 3, 32, 32) and labels as int64 (N,)."""
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+
+
+# ---------------------------------------------------------------- finding the data
+
+def resolve_data_dir(data_dir=None) -> Path:
+    """--data-dir, then $CIFAR10_DIR, then data/cifar10 beside this file."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    if os.environ.get("CIFAR10_DIR"):
+        return Path(os.environ["CIFAR10_DIR"]).expanduser()
+    return DEFAULT_DATA_DIR
+
+
+def find_layout(root: Path):
+    """('batches', folder) or ('folders', folder) for the first layout found, else None.
+
+    Looks in `root` and one level below it, so that both `data/cifar10/train/...` and an
+    archive extracted as `data/cifar10/cifar10-jpeg/train/...` are found.
+    """
+    root = Path(root)
+    candidates = [root]
+    if root.is_dir():
+        candidates += sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for folder in candidates:
+        if (folder / "data_batch_1").is_file():
+            return "batches", folder
+        if (folder / "train").is_dir() and (folder / "test").is_dir():
+            return "folders", folder
+    return None
+
+
+def load_raw(data_dir=None, download: bool = True) -> RawCIFAR10:
+    root = resolve_data_dir(data_dir)
+    layout = find_layout(root)
+    if layout is None and download:
+        _download(root)
+        layout = find_layout(root)
+    if layout is None:
+        raise UserError(
+            f"no CIFAR-10 found in {root} (looked for cifar-10-batches-py/ or train/ and test/ image "
+            "folders there and one level below) and it could not be downloaded; provide it with "
+            "--data-dir DIR, the CIFAR10_DIR environment variable, or by placing it in "
+            f"{DEFAULT_DATA_DIR}")
+    kind, folder = layout
+    if kind == "batches":
+        return read_batches(folder)
+    return read_image_folders(folder)
+
+
+def _download(root: Path) -> None:
+    """Fetch cifar-10-python.tar.gz with torchvision, exactly as the starter code did."""
+    import torchvision
+
+    print(f"CIFAR-10 not found in {root}; trying to download it with torchvision ...", file=sys.stderr)
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # an unreachable mirror should fail, not hang
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except Exception as error:  # no network, DNS failure, read-only folder, bad archive
+        print(f"download failed: {type(error).__name__}: {error}", file=sys.stderr)
+        partial = root / "cifar-10-python.tar.gz"
+        if partial.exists() and find_layout(root) is None:
+            partial.unlink()
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+
+
+# ---------------------------------------------------------------- cifar-10-batches-py
+
+def read_batches(folder: Path) -> RawCIFAR10:
+    def read(name):
+        path = Path(folder) / name
+        if not path.is_file():
+            raise UserError(f"{path} is missing: cifar-10-batches-py needs {', '.join(BATCH_FILES)}")
+        try:
+            with open(path, "rb") as handle:
+                entry = pickle.load(handle, encoding="latin1")
+            images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(entry["labels"], dtype=np.int64)
+        except Exception as error:
+            raise UserError(f"{path} is truncated or not a CIFAR-10 batch ({type(error).__name__}); "
+                            "download it again") from None
+        if len(images) != len(labels) or len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
+            raise UserError(f"{path} is not a CIFAR-10 batch (labels outside 0..9 or count mismatch)")
+        return torch.from_numpy(images), torch.from_numpy(labels)
+
+    parts = [read(name) for name in BATCH_FILES[:5]]
+    test_images, test_labels = read(BATCH_FILES[5])
+    return RawCIFAR10(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                      test_images, test_labels, source=f"cifar-10-batches-py at {folder}")
+
+
+# ---------------------------------------------------------------- image folders
+
+def _list_image_files(folder: Path, split: str):
+    split_dir = Path(folder) / split
+    present = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    missing, extra = sorted(set(CLASSES) - present), sorted(present - set(CLASSES))
+    if missing or extra:
+        problem = "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+                                          extra and f"unexpected {', '.join(extra)}"]))
+        raise UserError(f"{split_dir} must hold exactly the ten CIFAR-10 class folders "
+                        f"({', '.join(CLASSES)}): {problem}")
+    files, labels = [], []
+    for label, name in enumerate(CLASSES):
+        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"{split_dir / name} holds no .png or .jpg images")
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+    except Exception as error:
+        raise UserError(f"cannot decode {path} ({type(error).__name__}: {error}); "
+                        "replace or delete the file") from None
+    if array.shape != (32, 32, 3):
+        raise UserError(f"{path} is {array.shape[1]}x{array.shape[0]}, CIFAR-10 images are 32x32")
+    return array
+
+
+def _fingerprint(files) -> str:
+    digest = hashlib.sha1(f"v{CACHE_VERSION}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _cache_path(folder: Path) -> Path:
+    """Beside the images when that folder is writable, else in the user's cache folder."""
+    folder = Path(folder).resolve()
+    if os.access(folder, os.W_OK):
+        return folder / CACHE_NAME
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifar10-cnn"
+    return base / f"{hashlib.sha1(str(folder).encode()).hexdigest()[:16]}.pt"
+
+
+def _read_cache(path: Path, fingerprint: str):
+    if not path.is_file():
+        return None
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+        assert cache["fingerprint"] == fingerprint, "stale"
+        for split in ("train", "test"):
+            images, labels = cache[f"{split}_images"], cache[f"{split}_labels"]
+            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
+            assert labels.dtype == torch.int64 and len(labels) == len(images)
+        return cache
+    except Exception as error:
+        reason = "is out of date" if str(error) == "stale" else "is corrupt"
+        print(f"cache {path} {reason}; rebuilding it from the images", file=sys.stderr)
+        return None
+
+
+def read_image_folders(folder: Path) -> RawCIFAR10:
+    listing = {split: _list_image_files(folder, split) for split in ("train", "test")}
+    fingerprint = _fingerprint(listing["train"][0] + listing["test"][0])
+    cache_path = _cache_path(folder)
+    cache = _read_cache(cache_path, fingerprint)
+    if cache is None:
+        cache = {"fingerprint": fingerprint}
+        total = sum(len(files) for files, _ in listing.values())
+        print(f"decoding {total} images in {folder} once; later runs read the cache {cache_path}",
+              file=sys.stderr)
+        # Pillow releases the GIL while decoding, so threads use every core.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            for split, (files, labels) in listing.items():
+                arrays = list(pool.map(_decode, files, chunksize=256))
+                cache[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+                cache[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
+        try:
+            from utils import save_checkpoint
+            save_checkpoint(cache, cache_path)
+        except OSError as error:
+            print(f"could not write the cache {cache_path} ({error.strerror}); continuing without it",
+                  file=sys.stderr)
+    return RawCIFAR10(cache["train_images"], cache["train_labels"], cache["test_images"],
+                      cache["test_labels"], source=f"image folders at {folder}")
+
+
+# ---------------------------------------------------------------- per-batch transforms
+
+class BatchTransform:
+    """uint8 (B, 3, H, W) -> float, optionally resized, normalised per channel.
+
+    Runs on whatever device the batch is on; replaces ToTensor + Resize + Normalize.
+    """
+
+    def __init__(self, mean=CIFAR_MEAN, std=CIFAR_STD, size: int | None = None):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.size = size
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if self.mean.device != images.device:
+            self.mean, self.std = self.mean.to(images.device), self.std.to(images.device)
+        x = images.float().div_(255)
+        if self.size is not None and x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x.sub_(self.mean).div_(self.std)
+
+    def __repr__(self):
+        return (f"BatchTransform(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}, "
+                f"size={self.size})")
+
+
+def imagenet_transform(size: int = 224) -> BatchTransform:
+    return BatchTransform(IMAGENET_MEAN, IMAGENET_STD, size=size)
+
+
+@dataclass
+class Augmentation:
+    """Random horizontal flip and random crop after zero padding, drawn per image."""
+    flip: bool = True
+    crop_padding: int = 4
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        batch, channels, height, width = images.shape
+        if self.crop_padding:
+            pad = self.crop_padding
+            padded = F.pad(images, (pad, pad, pad, pad))
+            shifts = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator).to(images.device)
+            rows = (shifts[0, :, None] + torch.arange(height, device=images.device))[:, None, :, None]
+            cols = (shifts[1, :, None] + torch.arange(width, device=images.device))[:, None, None, :]
+            index_b = torch.arange(batch, device=images.device)[:, None, None, None]
+            index_c = torch.arange(channels, device=images.device)[None, :, None, None]
+            images = padded[index_b, index_c, rows, cols]
+        if self.flip:
+            flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+            images = torch.where(flips[:, None, None, None], images.flip(3), images)
+        return images
+
+
+def _generator(*parts) -> torch.Generator:
+    """A CPU generator whose seed depends only on `parts`: reproducible and resumable."""
+    seed = int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
+    return torch.Generator().manual_seed(seed)
+
+
+class BatchLoader:
+    """Iterates (images, labels) batches over tensors already in memory.
+
+    The order of epoch `e` depends only on (seed, e), and augmentation of batch `b` only on
+    (seed, e, b), so a run resumed in the middle of an epoch sees exactly the same batches.
+    """
+
+    def __init__(self, images, labels, batch_size, transform=None, shuffle=False, augment=None,
+                 seed=0, name="", source="", rank=0, world_size=1):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
+        self.transform = transform or BatchTransform()
+        self.name, self.source = name, source
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    @property
+    def num_images(self) -> int:
+        """Images this process sees per epoch (its shard when training data-parallel)."""
+        return len(range(self.rank, len(self.labels), self.world_size))
+
+    def __len__(self) -> int:
+        count = math.ceil(self.num_images / self.batch_size)
+        # A last batch of one image would crash BatchNorm in training mode.
+        if self.shuffle and count > 1 and self.num_images % self.batch_size == 1:
+            count -= 1
+        return count
+
+    def batches(self, epoch: int = 0, start: int = 0):
+        """Batches of `epoch`, skipping the first `start` (to resume mid-epoch)."""
+        device = self.images.device
+        if self.shuffle:
+            order = torch.randperm(len(self.labels), generator=_generator(self.seed, epoch))
+        else:
+            order = torch.arange(len(self.labels))
+        order = order[self.rank::self.world_size].to(device)
+        for index in range(start, len(self)):
+            chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
+            images = self.images[chosen]
+            if self.augment is not None:
+                images = self.augment(images, _generator(self.seed, epoch, index))
+            yield self.transform(images), self.labels[chosen]
+
+    def __iter__(self):
+        return self.batches(self.epoch)
+
+
+def split_indices(count: int, validation_fraction: float, seed: int = 0):
+    """A seeded random permutation: the first part validation, the rest training."""
+    if not 0 < validation_fraction < 1:
+        raise UserError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
+    num_val = int(round(count * validation_fraction))
+    if num_val < 1 or num_val >= count:
+        raise UserError(f"a validation fraction of {validation_fraction} of {count} training images "
+                        f"leaves {num_val} for validation and {count - num_val} for training; "
+                        "each split needs at least one image")
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    return order[num_val:], order[:num_val]
+
+
+def load_cifar10(batch_size: int, validation_fraction: float = 0.1, seed: int = 0, data_dir=None,
+                 device="cpu", transform=None, augment=None, eval_batch_size: int = 500,
+                 subset: int | None = None, rank: int = 0, world_size: int = 1, download: bool = True):
+    """Train, validation and test loaders over CIFAR-10 held in memory.
+
+    The validation set is a seeded random `validation_fraction` of the 50,000 training
+    images, the same for the same seed on every machine. `subset` keeps only the first N
+    images of each split, for smoke runs. The training loader is sharded across
+    `world_size` processes; validation and test are sharded too, for reduced metrics.
+    """
+    raw = load_raw(data_dir, download=download)
+    train_index, val_index = split_indices(len(raw.train_labels), validation_fraction, seed)
+    splits = {"train": (raw.train_images, raw.train_labels, train_index),
+              "validation": (raw.train_images, raw.train_labels, val_index),
+              "test": (raw.test_images, raw.test_labels, torch.arange(len(raw.test_labels)))}
+    device = torch.device(device)
+    loaders = []
+    for name, (images, labels, index) in splits.items():
+        if subset:
+            index = index[:subset]
+        if len(index) < world_size:
+            raise UserError(f"the {name} split has {len(index)} images, fewer than the "
+                            f"{world_size} processes training on it")
+        is_train = name == "train"
+        loaders.append(BatchLoader(
+            images[index].to(device), labels[index].to(device),
+            batch_size if is_train else eval_batch_size, transform=transform, shuffle=is_train,
+            augment=augment if is_train else None, seed=seed, name=name, source=raw.source,
+            rank=rank, world_size=world_size))
+    return tuple(loaders)
