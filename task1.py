@@ -1,0 +1,138 @@
+"""Task 1 (theory): every answer computed, printed next to the report's.
+
+1a  a 3x5 image convolved with the 3x3 Laplacian kernel, zero padding, stride 1,
+    computed by torch.nn.functional.conv2d and by a plain loop (they must agree);
+1c  the padding that keeps a 5x5 / stride 1 convolution's output the input size;
+1d  the kernel size that takes 512x512 to 504x504 without padding;
+1e  the size after 2x2 / stride 2 max pooling of that output;
+1f  the size after a second 3x3 convolution (no padding, stride 1);
+1g  the parameters of the Task 2 network, layer by layer, counted from task2.Task2Model.
+
+Sizes are checked by running real torch layers on tensors of that size, not only by the
+formula (W - F + 2P) / S + 1. Exit code 1 when any answer differs from the report's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import task2
+
+# The assignment's image (Figure 1a) and the Laplacian kernel; the kernel is symmetric
+# under a 180-degree turn, so convolution and cross-correlation give the same result here.
+IMAGE = [[3, 0, 1, 7, 3],
+         [6, 4, 0, 4, 5],
+         [4, 6, 3, 2, 4]]
+LAPLACIAN = [[0, 1, 0],
+             [1, -4, 1],
+             [0, 1, 0]]
+
+REPORT = {
+    "1a": [[-6, 8, 3, -20, 0], [-13, -4, 12, -2, -9], [-4, -13, -4, 3, -9]],
+    "1c": 2, "1d": 9, "1e": 252, "1f": 250,
+    "1g": [2432, 51264, 204928, 131136, 650],
+}
+
+
+def convolve_loop(image, kernel):
+    """True convolution (kernel turned 180 degrees), zero padding, stride 1, by hand."""
+    rows, cols, size = len(image), len(image[0]), len(kernel)
+    half = size // 2
+    out = [[0] * cols for _ in range(rows)]
+    for r in range(rows):
+        for c in range(cols):
+            total = 0
+            for i in range(size):
+                for j in range(size):
+                    y, x = r + half - i, c + half - j
+                    if 0 <= y < rows and 0 <= x < cols:
+                        total += image[y][x] * kernel[i][j]
+            out[r][c] = total
+    return out
+
+
+def convolve_torch(image, kernel):
+    # conv2d is a cross-correlation: flipping the kernel makes it a convolution.
+    x = torch.tensor(image, dtype=torch.float64)[None, None]
+    k = torch.tensor(kernel, dtype=torch.float64).flip(0, 1)[None, None]
+    return F.conv2d(x, k, padding=len(kernel) // 2)[0, 0].round().long().tolist()
+
+
+def output_size(layer: nn.Module, size: int) -> int:
+    """Side length after running `layer` on a real single-channel size x size image."""
+    with torch.no_grad():
+        return layer(torch.zeros(1, 1, size, size)).shape[-1]
+
+
+def same_padding(kernel_size: int = 5, size: int = 32) -> int:
+    """The padding for which a stride-1 convolution keeps the input size."""
+    return next(p for p in range(kernel_size)
+                if output_size(nn.Conv2d(1, 1, kernel_size, padding=p, bias=False), size) == size)
+
+
+def kernel_for(size_in: int = 512, size_out: int = 504) -> int:
+    """The (odd or even) kernel size that shrinks size_in to size_out without padding."""
+    return next(k for k in range(1, size_in + 1)
+                if output_size(nn.Conv2d(1, 1, k, bias=False), size_in) == size_out)
+
+
+def layer_parameters(model: nn.Module) -> list[tuple[str, str, int]]:
+    """(module name, description, parameter count) for every layer that has parameters."""
+    rows = []
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if own:
+            shapes = " + ".join("x".join(map(str, p.shape)) for p in own)
+            rows.append((name, f"{type(module).__name__} {shapes}", sum(p.numel() for p in own)))
+    return rows
+
+
+def answers() -> dict:
+    conv_out = convolve_torch(IMAGE, LAPLACIAN)
+    loop_out = convolve_loop(IMAGE, LAPLACIAN)
+    if conv_out != loop_out:
+        raise AssertionError(f"conv2d {conv_out} and the loop {loop_out} disagree")
+    kernel = kernel_for(512, 504)
+    after_conv = output_size(nn.Conv2d(1, 1, kernel, bias=False), 512)
+    pooled = output_size(nn.MaxPool2d(2, stride=2), after_conv)
+    second = output_size(nn.Conv2d(1, 1, 3, bias=False), pooled)
+    layers = layer_parameters(task2.Task2Model())
+    return {"1a": conv_out, "1c": same_padding(5), "1d": kernel, "1e": pooled, "1f": second,
+            "1g": [count for _, _, count in layers], "1g_layers": layers}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    ours = answers()
+    mismatches = [key for key in REPORT if ours[key] != REPORT[key]]
+
+    def mark(key):
+        return "matches the report" if key not in mismatches else "DIFFERS from the report"
+
+    print("1a  image * Laplacian (zero padding, stride 1); conv2d and the plain loop agree:")
+    for ours_row, report_row in zip(ours["1a"], REPORT["1a"]):
+        print(f"      {str(ours_row):28s} report {report_row}")
+    print(f"    {mark('1a')}")
+    print(f"1c  padding for 5x5, stride 1, same size:     {ours['1c']:4d}   report {REPORT['1c']:4d}   {mark('1c')}")
+    print(f"1d  kernel size for 512x512 -> 504x504:        {ours['1d']:4d}   report {REPORT['1d']:4d}   {mark('1d')}")
+    print(f"1e  after 2x2 max pooling, stride 2:           {ours['1e']:4d}   report {REPORT['1e']:4d}   {mark('1e')}")
+    print(f"1f  after a 3x3 convolution, no padding:       {ours['1f']:4d}   report {REPORT['1f']:4d}   {mark('1f')}")
+    print("1g  parameters of the Task 2 network (task2.Task2Model):")
+    for (name, description, count), report in zip(ours["1g_layers"], REPORT["1g"] + [None] * 10):
+        print(f"      {name:22s} {description:28s} {count:8,d}   report {report if report is None else f'{report:,}'}")
+    total, report_total = sum(ours["1g"]), sum(REPORT["1g"])
+    print(f"      {'total':51s}{total:8,d}   report {report_total:,}   {mark('1g')}")
+    if mismatches:
+        print(f"error: {', '.join(mismatches)} differ from the report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
