@@ -101,8 +101,6 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
-    if args.run_dir is None:
-        args.run_dir = ROOT / "runs" / args.name
     return args
 
 
@@ -164,7 +162,12 @@ def init_distributed(device_name: str):
 
 def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, extra_config=None,
           label_smoothing: float = 0.0, track_test: bool = False, validations_per_epoch: int = 2):
-    """Train `build_model()` with the settings in `args`; returns the final metrics."""
+    """Train `build_model()` with the settings in `args`; returns the final metrics.
+
+    Outputs go to `args.run_dir` (default runs/<args.name>) and `args.plot_dir`/<args.name>.png.
+    """
+    if args.run_dir is None:
+        args.run_dir = ROOT / "runs" / args.name
     rank, world_size, device = init_distributed(args.device)
     lock = prepare_outputs(args, is_main=rank == 0)
     set_seed(args.seed)
@@ -184,8 +187,7 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         nesterov=getattr(args, "nesterov", False), label_smoothing=label_smoothing,
         validations_per_epoch=validations_per_epoch, max_steps=args.max_steps, precision=precision,
-        # Channels-last lets oneDNN / cuDNN pick their fast reduced-precision convolution kernels.
-        channels_last=precision != "fp32" or device.type == "cuda", track_test=track_test)
+        channels_last=uses_channels_last(precision, device), track_test=track_test)
     settings = {"script": args.name, "seed": args.seed, "validation_fraction": args.validation_fraction,
                 "augment": args.augment, "subset": args.subset, **(extra_config or {})}
     trainer = Trainer(model, train_loader, val_loader, test_loader, config, args.run_dir, device,
@@ -221,6 +223,11 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
     if lock:
         lock.close()
     return metrics
+
+
+def uses_channels_last(precision: str, device: torch.device) -> bool:
+    """Channels-last lets oneDNN / cuDNN pick their fast reduced-precision convolution kernels."""
+    return precision != "fp32" or device.type == "cuda"
 
 
 def describe_device(device: torch.device) -> str:

@@ -370,6 +370,8 @@ def load_cifar10(batch_size: int, validation_fraction: float = 0.1, seed: int = 
     loaders = []
     for name, (images, labels, index) in splits.items():
         if subset:
+            if name == "test":  # test images are stored class by class: take a seeded random subset
+                index = index[torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))]
             index = index[:subset]
         if len(index) < world_size:
             raise UserError(f"the {name} split has {len(index)} images, fewer than the "

@@ -11,6 +11,13 @@ import numpy as np
 import torch
 
 
+from torch import nn
+
+# Activation functions the Task 3 scripts can switch between (--activation).
+ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU,
+               "tanh": nn.Tanh}
+
+
 class UserError(Exception):
     """A problem the user can fix (bad data, bad path, bad checkpoint).
 

@@ -1,0 +1,60 @@
+"""Task 3, Model 1: depth and batch normalisation (report: train 0.913, val 0.805, test 0.810).
+
+Conv 5x5 (padding 2, stride 1) everywhere, max-pool 2x2:
+    conv 32 + ReLU, BatchNorm | conv 32 + ReLU, max-pool
+    conv 64 + ReLU, BatchNorm | conv 64 + ReLU, max-pool
+    conv 128 + ReLU, BatchNorm | conv 128 + ReLU, max-pool
+    flatten, FC 512 + ReLU, FC 64 + ReLU, FC 10
+SGD, learning rate 0.05, batch size 64, early stopping as in Task 2.
+
+--convs-per-stage 1 trains the Task 3c "before deepening" network instead (one conv +
+ReLU + BatchNorm + max-pool per stage, same head) into runs/task3c_before; the test loss
+is tracked at every validation so task3_compare.py can draw Figure 4.
+"""
+from torch import nn
+
+import cli
+from utils import ACTIVATIONS
+
+HYPERPARAMETERS = dict(epochs=10, batch_size=64, lr=0.05, early_stop_count=4, optimizer="sgd")
+
+
+class Model1(nn.Module):
+    def __init__(self, convs_per_stage: int = 2, activation: str = "relu", num_classes: int = 10):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        layers, channels = [], 3
+        for width in (32, 64, 128):
+            for index in range(convs_per_stage):
+                layers += [nn.Conv2d(channels, width, kernel_size=5, stride=1, padding=2), act()]
+                channels = width
+                # BatchNorm after the first conv of a stage, pooling after the last one.
+                if index == 0:
+                    layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        self.feature_extractor = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * 4 * 4, 512), act(), nn.Linear(512, 64), act(),
+            nn.Linear(64, num_classes))
+
+    def forward(self, x):
+        return self.classifier(self.feature_extractor(x))
+
+
+def main(argv=None):
+    parser = cli.make_parser(__doc__, "task3_model1", **HYPERPARAMETERS)
+    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    parser.add_argument("--convs-per-stage", type=int, choices=(1, 2), default=2,
+                        help="1: the Task 3c network before deepening (runs/task3c_before)")
+    args = cli.parse(parser, argv)
+    deep = args.convs_per_stage == 2
+    if not deep:
+        args.name = "task3c_before"
+    return cli.train(args, lambda: Model1(args.convs_per_stage, args.activation),
+                     title="Task 3 Model 1" if deep else "Task 3c before deepening",
+                     extra_config={"activation": args.activation, "convs_per_stage": args.convs_per_stage},
+                     track_test=True)
+
+
+if __name__ == "__main__":
+    cli.main(main)
