@@ -72,7 +72,8 @@ def load(run: Run, runs_dir: Path):
     command = command_for(run, runs_dir)
     if not (folder / "metrics.json").exists():
         if (folder / "last.pt").exists():
-            return "unfinished", f"{folder} is unfinished: continue it with `{command} --resume`"
+            command = command.replace(" [--data-dir DIR]", " --resume [--data-dir DIR]")
+        return "unfinished", f"{folder} is unfinished: continue it with `{command}`"
         return "missing", f"{folder} is missing: make it with `{command}`"
     try:
         data = read_run(folder)
@@ -167,7 +168,7 @@ def build_report(runs_dir: Path, plot_dir: Path) -> tuple[str, list[str], list[s
                 "Report: train 0.915, validation 0.740, test 0.739 accuracy.", ""]
     out += ["## Task 3b and 3c comparisons", ""]
     task3_lines, task3_problems = task3_section(runs_dir, plot_dir)
-    problems += task3_problems
+    problems += [p for p in task3_problems if p not in problems]
     for line in task3_lines:
         first, _, rest = line.partition("\n")
         out += [f"- {first}"] + (["", rest, ""] if rest else [])

@@ -1,0 +1,115 @@
+"""report.py: every figure and plots/report.md from saved run directories, no training."""
+import json
+import time
+
+import pytest
+
+import report
+from conftest import run_script
+from utils import UserError, write_json
+
+
+def fake_run(folder, name, title, test_accuracy, track_test=False, steps=40):
+    """A run directory in the format the Trainer writes, with distinct numbers per run."""
+    validations = [{"step": s, "epoch": s / 20, "loss": 2.0 - s / 40, "accuracy": 0.2 + s / 100,
+                    **({"test_loss": 2.1 - s / 40} if track_test else {})} for s in (10, 20, 30, 40)]
+    history = {"train_loss": {"steps": list(range(steps)), "values": [2.3 - i / 40 for i in range(steps)]},
+               "validation": validations}
+    metrics = {split: {"loss": round(1.5 - test_accuracy, 4), "accuracy": accuracy}
+               for split, accuracy in (("train", test_accuracy + 0.1), ("validation", test_accuracy - 0.01),
+                                       ("test", test_accuracy))}
+    metrics.update(best_step=40, steps=steps, epochs=2.0, wall_seconds=123.0)
+    config = {"name": name, "script": name, "title": title, "subset": None, "max_steps": None,
+              "data_source": "image folders at /data/cifar10-jpeg", "device_name": "Test CPU, 2 threads",
+              "train_config": {"precision": "bf16", "track_test": track_test},
+              "versions": {"torch": "9.9.9"}}
+    run_dir = folder / name
+    for key, data in (("config", config), ("history", history), ("metrics", metrics)):
+        write_json(data, run_dir / f"{key}.json")
+    return run_dir
+
+
+@pytest.fixture
+def runs(tmp_path):
+    runs_dir = tmp_path / "runs"
+    fake_run(runs_dir, "task2", "Task 2", 0.6123)
+    fake_run(runs_dir, "task3_model1", "Task 3 Model 1", 0.7234)
+    fake_run(runs_dir, "task3_model2", "Task 3 Model 2", 0.6862)
+    fake_run(runs_dir, "task3c_before", "Task 3c before", 0.6512, track_test=True)
+    # task3d missing entirely; task4a interrupted (a checkpoint, no metrics.json)
+    (runs_dir / "task4a").mkdir()
+    (runs_dir / "task4a" / "last.pt").write_bytes(b"stand-in")
+    return runs_dir
+
+
+def test_report_from_saved_runs(runs, tmp_path):
+    plots = tmp_path / "plots"
+    started = time.perf_counter()
+    result = run_script("report.py", "--runs-dir", runs, "--plot-dir", plots, timeout=120)
+    elapsed = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert elapsed < 30, f"report.py took {elapsed:.1f} s"
+    report = (plots / "report.md").read_text()
+    # our numbers, each next to the published one
+    assert "0.612 / 0.739" in report          # Task 2 test
+    assert "0.723 / 0.810" in report          # Model 1 test
+    assert "0.686 / 0.763" in report          # Model 2 test
+    assert "0.712 / 0.915" in report          # Task 2 train
+    # data source and machine of every run
+    assert report.count("image folders at /data/cifar10-jpeg") >= 4
+    assert "Test CPU, 2 threads" in report
+    # missing run named with the command that makes it; unfinished one with --resume
+    assert "python task3d.py" in report
+    assert "python task4a.py" in report and "--resume" in report
+    for figure in ("task2.png", "task3_model1.png", "task3_model2.png"):
+        assert (plots / figure).stat().st_size > 10_000, figure
+    assert not (plots / "task3c_before.png").exists()  # drawn only inside the 3c comparison
+
+
+def test_task3_comparisons_are_drawn(runs, tmp_path):
+    pytest.importorskip("task3_compare")
+    plots = tmp_path / "plots"
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    assert (plots / "task3_comparison.png").stat().st_size > 10_000
+    assert (plots / "task3c_deepening.png").stat().st_size > 10_000
+    assert "0.723" in (plots / "report.md").read_text()
+
+
+def test_truncated_history_is_a_clear_error_and_the_rest_is_drawn(runs, tmp_path):
+    history = runs / "task3_model2" / "history.json"
+    history.write_text(history.read_text()[:200])
+    plots = tmp_path / "plots"
+    with pytest.raises(UserError, match="1 run.s. could not be read"):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    assert str(history) in text and "truncated" in text
+    assert (plots / "task2.png").exists() and (plots / "report.md").exists()
+    assert not (plots / "task3_model2.png").exists()
+
+
+def test_empty_history_is_refused_not_drawn_empty(runs, tmp_path):
+    write_json({"train_loss": {"steps": [], "values": []}, "validation": []},
+               runs / "task2" / "history.json")
+    plots = tmp_path / "plots"
+    with pytest.raises(UserError):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    assert "history.json holds no training steps" in (plots / "report.md").read_text()
+    assert not (plots / "task2.png").exists()
+
+
+def test_missing_runs_dir_and_unwritable_plot_dir(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        report.main(["--runs-dir", str(tmp_path / "nope"), "--plot-dir", str(tmp_path / "p")])
+    # A path below a regular file cannot be created, even by root (chmod would not stop root).
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(UserError, match="cannot write"):
+        report.main(["--runs-dir", str(tmp_path / "runs"), "--plot-dir", str(blocker / "plots")])
+
+
+def test_metrics_without_splits_is_a_clear_error(runs, tmp_path):
+    (runs / "task2" / "metrics.json").write_text(json.dumps({"wall_seconds": 1}))
+    with pytest.raises(UserError):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")])
+    assert "lacks train/validation/test" in (tmp_path / "plots" / "report.md").read_text()
