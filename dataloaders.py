@@ -100,6 +100,7 @@ def _download(root: Path) -> None:
     print(f"CIFAR-10 not found in {root}; trying to download it with torchvision ...", file=sys.stderr)
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # an unreachable mirror should fail, not hang
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
@@ -108,6 +109,8 @@ def _download(root: Path) -> None:
         partial = root / "cifar-10-python.tar.gz"
         if partial.exists() and find_layout(root) is None:
             partial.unlink()
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
     finally:
         socket.setdefaulttimeout(previous_timeout)
 
@@ -313,9 +316,12 @@ class BatchLoader:
         return len(range(self.rank, len(self.labels), self.world_size))
 
     def __len__(self) -> int:
-        count = math.ceil(self.num_images / self.batch_size)
+        # Training shards differ by up to one image; counting batches in the smallest keeps every
+        # process at the same number of steps per epoch, which DistributedDataParallel needs.
+        size = len(self.labels) // self.world_size if self.shuffle else self.num_images
+        count = math.ceil(size / self.batch_size)
         # A last batch of one image would crash BatchNorm in training mode.
-        if self.shuffle and count > 1 and self.num_images % self.batch_size == 1:
+        if self.shuffle and count > 1 and size % self.batch_size == 1:
             count -= 1
         return count
 
@@ -331,7 +337,9 @@ class BatchLoader:
             chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
             images = self.images[chosen]
             if self.augment is not None:
-                images = self.augment(images, _generator(self.seed, epoch, index))
+                # Per-process draws under torchrun, else every shard would get the same crops and flips.
+                rank = (self.rank,) if self.world_size > 1 else ()
+                images = self.augment(images, _generator(self.seed, epoch, index, *rank))
             yield self.transform(images), self.labels[chosen]
 
     def __iter__(self):

@@ -1,0 +1,242 @@
+"""The CIFAR-10 data module: layouts, split, cache, transforms, augmentation and errors."""
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import dataloaders
+from conftest import JPEG_ARCHIVE, synthetic_images, write_batches, write_image_folders
+from utils import UserError
+
+
+def load(path, **kwargs):
+    kwargs.setdefault("download", False)
+    return dataloaders.load_cifar10(16, data_dir=path, **kwargs)
+
+
+@pytest.mark.parametrize("layout", ["folder_data", "batches_data"])
+def test_both_layouts_give_split_sizes_and_labels(layout, request):
+    train, val, test = load(request.getfixturevalue(layout))
+    assert (train.num_images, val.num_images, test.num_images) == (270, 30, 100)
+    for loader in (train, val, test):
+        assert loader.images.dtype == torch.uint8 and loader.images.shape[1:] == (3, 32, 32)
+    assert sorted(test.labels.tolist()) == sorted(list(range(10)) * 10)
+
+
+def test_batches_layout_keeps_pixels_and_labels(batches_data):
+    raw = dataloaders.load_raw(batches_data, download=False)
+    images, labels = synthetic_images(100, 15)  # test_batch was written with seed 10 + 5
+    assert torch.equal(raw.test_images, torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert raw.test_labels.tolist() == labels.tolist()
+
+
+def test_folder_layout_maps_class_folders_to_cifar_order(folder_data):
+    raw = dataloaders.load_raw(folder_data, download=False)
+    # Files are read class by class in CIFAR-10 order, 10 test images per class.
+    assert raw.test_labels.tolist() == [label for label in range(10) for _ in range(10)]
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    train_a, val_a = dataloaders.split_indices(50000, 0.1, seed=0)
+    train_b, val_b = dataloaders.split_indices(50000, 0.1, seed=0)
+    _, val_c = dataloaders.split_indices(50000, 0.1, seed=1)
+    assert (len(train_a), len(val_a)) == (45000, 5000)
+    assert torch.equal(val_a, val_b) and torch.equal(train_a, train_b)
+    assert not torch.equal(val_a, val_c)
+    assert not set(train_a.tolist()) & set(val_a.tolist())
+    assert sorted(train_a.tolist() + val_a.tolist()) == list(range(50000))
+
+
+def test_split_is_the_same_on_every_machine():
+    # torch's seeded CPU randperm is platform-independent. Pinning the first validation
+    # indices makes any change of split (which would change every reported number) fail here.
+    _, val = dataloaders.split_indices(50000, 0.1, seed=0)
+    assert val[:5].tolist() == [36044, 49165, 37807, 11341, 6091]
+
+
+def test_validation_images_never_trained_on(folder_data):
+    train, val, _ = load(folder_data)
+    train_set = {bytes(image.numpy()) for image in train.images}
+    assert not any(bytes(image.numpy()) in train_set for image in val.images)
+
+
+def test_normalisation_defaults_to_mean_half_std_quarter():
+    images = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(2, 3, 4, 4)
+    out = dataloaders.BatchTransform()(images)
+    expected = (torch.tensor([0, 51, 255]) / 255 - 0.5) / 0.25
+    assert out.dtype == torch.float32 and out.shape == (2, 3, 4, 4)
+    assert torch.allclose(out[0, :, 0, 0], expected)
+
+
+def test_imagenet_transform_resizes_and_normalises():
+    images = torch.full((2, 3, 32, 32), 128, dtype=torch.uint8)
+    out = dataloaders.imagenet_transform(224)(images)
+    assert out.shape == (2, 3, 224, 224)
+    mean, std = torch.tensor(dataloaders.IMAGENET_MEAN), torch.tensor(dataloaders.IMAGENET_STD)
+    assert torch.allclose(out[0, :, 100, 100], (128 / 255 - mean) / std, atol=1e-5)
+
+
+def test_per_batch_transform_matches_torchvision_per_image_pipeline():
+    from PIL import Image
+    from torchvision import transforms
+
+    images, _ = synthetic_images(8, 3)
+    reference = transforms.Compose([transforms.ToTensor(), transforms.Normalize(dataloaders.CIFAR_MEAN,
+                                                                                 dataloaders.CIFAR_STD)])
+    expected = torch.stack([reference(Image.fromarray(image)) for image in images])
+    batch = dataloaders.BatchTransform()(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    assert torch.allclose(batch, expected, atol=1e-6)
+
+
+def test_augmentation_keeps_shapes_labels_and_content():
+    images = torch.arange(4 * 3 * 32 * 32, dtype=torch.int64).remainder(251).to(torch.uint8).view(4, 3, 32, 32)
+    out = dataloaders.Augmentation(flip=True, crop_padding=4)(images, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    # Every output image is a shifted (and maybe mirrored) copy of its own input: the 24x24
+    # centre of the output must occur in the padded input of the same index.
+    for index in range(4):
+        padded = torch.nn.functional.pad(images[index], (4, 4, 4, 4))
+        centre = out[index, :, 4:28, 4:28]
+        matches = [torch.equal(candidate[:, dy + 4:dy + 28, dx + 4:dx + 28], centre)
+                   for candidate in (padded, padded.flip(2)) for dy in range(9) for dx in range(9)]
+        assert any(matches)
+
+
+def test_augmentation_only_on_training_loader_and_reproducible(folder_data):
+    train, val, test = load(folder_data, augment=dataloaders.Augmentation())
+    assert val.augment is None and test.augment is None
+    first = [torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+             for a, b in zip(train.batches(epoch=2), train.batches(epoch=2))]
+    assert all(first)
+    plain = next(iter(load(folder_data)[0].batches(epoch=0)))
+    augmented = next(iter(train.batches(epoch=0)))
+    assert torch.equal(plain[1], augmented[1])  # same images in the same order, labels aligned
+    assert not torch.equal(plain[0], augmented[0])
+
+
+def test_resuming_mid_epoch_yields_the_same_batches(folder_data):
+    train, _, _ = load(folder_data)
+    full = list(train.batches(epoch=3))
+    tail = list(train.batches(epoch=3, start=5))
+    assert len(tail) == len(full) - 5
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[5:], tail))
+
+
+def test_cache_is_used_on_second_load(tmp_path, monkeypatch):
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    first = dataloaders.load_raw(tmp_path, download=False)
+    assert (tmp_path / dataloaders.CACHE_NAME).exists()
+
+    def no_decoding(path):
+        raise AssertionError("images decoded again although the cache is valid")
+    monkeypatch.setattr(dataloaders, "_decode", no_decoding)
+    second = dataloaders.load_raw(tmp_path, download=False)
+    assert torch.equal(first.train_images, second.train_images)
+
+
+def test_corrupt_cache_is_rebuilt(tmp_path, capsys):
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    reference = dataloaders.load_raw(tmp_path, download=False)
+    (tmp_path / dataloaders.CACHE_NAME).write_bytes(b"not a cache")
+    rebuilt = dataloaders.load_raw(tmp_path, download=False)
+    assert "corrupt" in capsys.readouterr().err
+    assert torch.equal(reference.train_images, rebuilt.train_images)
+
+
+def test_stale_cache_is_rebuilt_when_an_image_changes(tmp_path, capsys):
+    from PIL import Image
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    dataloaders.load_raw(tmp_path, download=False)
+    target = tmp_path / "train" / "cat" / "0000.png"
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(target)
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    assert "out of date" in capsys.readouterr().err
+    cat_images = raw.train_images[raw.train_labels == 3]
+    assert (cat_images[0] == 7).all()
+
+
+def test_data_dir_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("CIFAR10_DIR", str(tmp_path / "env"))
+    assert dataloaders.resolve_data_dir(tmp_path / "flag") == tmp_path / "flag"
+    assert dataloaders.resolve_data_dir(None) == tmp_path / "env"
+    monkeypatch.delenv("CIFAR10_DIR")
+    assert dataloaders.resolve_data_dir(None) == dataloaders.DEFAULT_DATA_DIR
+
+
+def test_layout_found_one_level_below(tmp_path):
+    write_image_folders(tmp_path / "cifar10-jpeg", per_class_train=2, per_class_test=1)
+    assert dataloaders.find_layout(tmp_path) == ("folders", tmp_path / "cifar10-jpeg")
+
+
+# ---------------------------------------------------------------- errors
+
+def test_no_data_names_where_it_looked_and_the_three_ways(tmp_path):
+    with pytest.raises(UserError) as error:
+        dataloaders.load_raw(tmp_path / "nothing", download=False)
+    message = str(error.value)
+    assert str(tmp_path / "nothing") in message
+    assert "--data-dir" in message and "CIFAR10_DIR" in message and "data/cifar10" in message
+    assert "\n" not in message
+
+
+def test_undecodable_image_is_named(tmp_path):
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    bad = tmp_path / "train" / "dog" / "0001.png"
+    bad.write_bytes(bad.read_bytes()[:40])  # truncated
+    with pytest.raises(UserError, match="0001.png"):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+def test_wrong_image_size_is_named(tmp_path):
+    from PIL import Image
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    Image.new("RGB", (64, 64)).save(tmp_path / "test" / "ship" / "0000.png")
+    with pytest.raises(UserError, match="0000.png is 64x64"):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda root: shutil.rmtree(root / "train" / "frog"), "missing frog"),
+    (lambda root: (root / "train" / "unicorn").mkdir(), "unexpected unicorn"),
+    (lambda root: [p.unlink() for p in (root / "test" / "horse").iterdir()], "horse holds no"),
+])
+def test_bad_class_folders(tmp_path, change, expected):
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    change(tmp_path)
+    with pytest.raises(UserError, match=expected):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+def test_truncated_batch_file_is_named(tmp_path):
+    write_batches(tmp_path, per_batch=10, test_count=10)
+    target = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    target.write_bytes(target.read_bytes()[:100])
+    with pytest.raises(UserError, match="data_batch_3 is truncated"):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+def test_missing_batch_file_is_named(tmp_path):
+    write_batches(tmp_path, per_batch=10, test_count=10)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(UserError, match="test_batch is missing"):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.9999])
+def test_split_with_too_few_images(folder_data, fraction):
+    with pytest.raises(UserError, match="at least one image"):
+        load(folder_data, validation_fraction=fraction)
+
+
+# ---------------------------------------------------------------- the real data, when present
+
+@pytest.mark.skipif(not JPEG_ARCHIVE.exists(), reason="../shared/data/cifar10-jpeg.tar.gz not present")
+def test_shared_jpeg_copy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jpeg")
+    with tarfile.open(JPEG_ARCHIVE) as archive:
+        archive.extractall(root, filter="data")
+    train, val, test = dataloaders.load_cifar10(64, data_dir=root, download=False)
+    assert (train.num_images, val.num_images, test.num_images) == (45000, 5000, 10000)
+    assert torch.bincount(test.labels, minlength=10).tolist() == [1000] * 10
