@@ -14,6 +14,7 @@ Errors end as one line on stderr: exit 2 for bad command-line input, 1 otherwise
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import signal
@@ -43,8 +44,9 @@ def _number(kind, low, low_inclusive, high=None, what=""):
             raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
         too_low = value < low if low_inclusive else value <= low
         too_high = high is not None and value >= high
-        if too_low or too_high or value != value:
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}")
+        # nan compares false with everything and inf would only surface as a diverged run.
+        if too_low or too_high or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be finite and {what}")
         return value
     return parse
 
@@ -132,6 +134,8 @@ def prepare_outputs(args, is_main: bool = True):
     lock = _lock(run_dir)
     unfinished = (run_dir / "last.pt").exists() and not (run_dir / "metrics.json").exists()
     if unfinished and not (args.resume or args.overwrite):
+        if lock:  # a caller that catches this error (a notebook, a test) must not keep the lock
+            lock.close()
         raise UserError(f"{run_dir} holds an unfinished run; continue it with --resume, or start over "
                         "with --overwrite")
     return lock
@@ -161,10 +165,12 @@ def init_distributed(device_name: str):
 # ---------------------------------------------------------------- the run
 
 def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, extra_config=None,
-          label_smoothing: float = 0.0, track_test: bool = False, validations_per_epoch: int = 2):
+          label_smoothing: float = 0.0, track_test: bool = False, validations_per_epoch: int = 2,
+          augmentation=None):
     """Train `build_model()` with the settings in `args`; returns the final metrics.
 
     Outputs go to `args.run_dir` (default runs/<args.name>) and `args.plot_dir`/<args.name>.png.
+    `augmentation` replaces the default dataloaders.Augmentation() used with --augment.
     """
     if args.run_dir is None:
         args.run_dir = ROOT / "runs" / args.name
@@ -179,7 +185,8 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
     started = time.perf_counter()
     train_loader, val_loader, test_loader = dataloaders.load_cifar10(
         args.batch_size, args.validation_fraction, seed=args.seed, data_dir=args.data_dir,
-        device=device, transform=transform, augment=dataloaders.Augmentation() if args.augment else None,
+        device=device, transform=transform,
+        augment=(augmentation or dataloaders.Augmentation()) if args.augment else None,
         subset=args.subset, rank=rank, world_size=world_size)
     model = build_model()
     config = TrainConfig(
