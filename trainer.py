@@ -151,6 +151,11 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, loader) -> dict:
         """Average loss and accuracy over every image of `loader` (all processes together)."""
+        if self.distributed:
+            # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
+            # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
         for images, labels in loader:

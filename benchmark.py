@@ -1,0 +1,232 @@
+"""Training throughput on this machine: the assignment's starter pipeline against this project's.
+
+For the Task 2 model and Task 3 Model 1, in one run, batch size 64, SGD:
+  (a) starter: a torchvision.datasets.CIFAR10-style Dataset over in-memory uint8 arrays,
+      PIL.Image.fromarray -> ToTensor -> Normalize per image in a DataLoader with 2 workers, fp32
+  (b) project: the whole set in memory as uint8, normalised per batch on the training device,
+      the Trainer's own training step, --precision fp32
+  (c) project, --precision auto (bf16 autocast and channels-last where the hardware runs it fast)
+Each is timed in steady state (after warm-up steps) for --seconds. The achieved training FLOP/s
+(forward + backward, counted with torch.utils.flop_counter) is set against the peak of a large
+matmul in the same precision on the same device. The last line, for scripts, is the c/a ratios:
+    speedup task2=3.1x model1=2.9x
+Uses the CIFAR-10 found like the training scripts do (--data-dir, $CIFAR10_DIR, data/cifar10),
+else synthetic uint8 images (throughput does not depend on the pixel values).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+import cli
+import dataloaders
+from task2 import Task2Model
+from trainer import TrainConfig, Trainer
+from utils import resolve_precision, select_device, set_seed
+
+try:
+    from task3_model1 import Model1
+except ImportError:  # the Task 3 script is not there: the same network, defined here
+    class Model1(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers, channels = [], 3
+            for width in (32, 64, 128):
+                layers += [nn.Conv2d(channels, width, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(width),
+                           nn.Conv2d(width, width, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2)]
+                channels = width
+            self.feature_extractor = nn.Sequential(*layers)
+            self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(2048, 512), nn.ReLU(),
+                                            nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, 10))
+
+        def forward(self, x):
+            return self.classifier(self.feature_extractor(x))
+
+MODELS = {"task2": Task2Model, "model1": Model1}
+BATCH_SIZE, LR = 64, 0.05
+
+
+# ---------------------------------------------------------------- data
+
+def load_images(data_dir, synthetic_count: int):
+    """uint8 (N, 3, 32, 32) training images and labels, real when found, else synthetic."""
+    root = dataloaders.resolve_data_dir(data_dir)
+    if dataloaders.find_layout(root) is not None:
+        raw = dataloaders.load_raw(root, download=False)
+        return raw.train_images, raw.train_labels, raw.source
+    if data_dir:
+        raise SystemExit(f"error: no CIFAR-10 in {root}; omit --data-dir to use synthetic images")
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (synthetic_count, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (synthetic_count,), generator=generator)
+    return images, labels, f"{synthetic_count} synthetic images (no CIFAR-10 found in {root})"
+
+
+class StarterCIFAR10(torch.utils.data.Dataset):
+    """What torchvision.datasets.CIFAR10 does per item: an HWC uint8 array -> PIL image -> transform."""
+
+    def __init__(self, images_nchw: torch.Tensor, labels: torch.Tensor):
+        import torchvision.transforms as T
+
+        self.data = images_nchw.permute(0, 2, 3, 1).numpy()  # torchvision keeps (N, 32, 32, 3)
+        self.targets = labels.tolist()
+        self.transform = T.Compose([T.ToTensor(), T.Normalize(dataloaders.CIFAR_MEAN, dataloaders.CIFAR_STD)])
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+
+
+def endless(make_iterator):
+    while True:
+        yield from make_iterator()
+
+
+# ---------------------------------------------------------------- timing
+
+def throughput(step, batches, seconds: float, warmup: int) -> float:
+    """Images per second of `step(images, labels)` over `batches`, after `warmup` steps."""
+    for _ in range(warmup):
+        step(*next(batches))
+    count, started = 0, time.perf_counter()
+    while True:
+        images, labels = next(batches)
+        step(images, labels)
+        count += len(labels)
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return count / elapsed
+
+
+def starter_images_per_s(model_class, images, labels, device, seconds, warmup, workers) -> float:
+    """The starter code's loop: DataLoader batches, fp32, forward, backward, step."""
+    set_seed(0)
+    model = model_class().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = nn.CrossEntropyLoss()
+    loader = torch.utils.data.DataLoader(StarterCIFAR10(images, labels), batch_size=BATCH_SIZE,
+                                         shuffle=True, num_workers=workers, drop_last=True)
+
+    def step(x, y):
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    # The workers' start-up is left out of the timing (it is paid once per epoch).
+    return throughput(step, endless(lambda: iter(loader)), seconds, warmup)
+
+
+def project_images_per_s(model_class, images, labels, device, precision, seconds, warmup) -> float:
+    """The Trainer's training step over the project's BatchLoader, with cli.train's settings."""
+    set_seed(0)
+    loader = dataloaders.BatchLoader(images.to(device), labels.to(device), BATCH_SIZE, shuffle=True)
+    config = TrainConfig(batch_size=BATCH_SIZE, lr=LR, precision=precision,
+                         channels_last=cli.uses_channels_last(precision, device))
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(model_class(), loader, None, None, config, run_dir, device)
+        pending = []
+
+        def step(x, y):
+            # As Trainer.train: losses stay on the device and are read back every log_every steps.
+            pending.append(trainer._train_step(x, y))
+            if len(pending) == config.log_every:
+                torch.stack(pending).tolist()
+                pending.clear()
+
+        result = throughput(step, endless(loader.batches), seconds, warmup)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return result
+
+
+def training_flops_per_image(model_class, device) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model_class().to(device)
+    x = torch.randn(BATCH_SIZE, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (BATCH_SIZE,), device=device)
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / BATCH_SIZE
+
+
+def peak_matmul_flops(device, precision: str, size: int = 2048, repeats: int = 8) -> float:
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        torch.mm(a, b)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best
+
+
+# ---------------------------------------------------------------- report
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", help="CIFAR-10 folder (default: as the training scripts; "
+                        "synthetic images when none is found)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seconds", type=cli.positive_float, default=8.0,
+                        help="timed seconds per measurement (after warm-up)")
+    parser.add_argument("--warmup", type=cli.positive_int, default=5, help="untimed steps first")
+    parser.add_argument("--workers", type=cli.non_negative_int, default=2,
+                        help="DataLoader workers of the starter pipeline (the starter code used 2)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    args = parser.parse_args(argv)
+
+    device = select_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    auto = resolve_precision("auto", device)
+    images, labels, source = load_images(args.data_dir, synthetic_count=10_000)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    print(f"device: {device} ({name}); torch {torch.__version__}")
+    print(f"data: {source}; batch {BATCH_SIZE}; --precision auto -> {auto}, channels-last "
+          f"{'on' if cli.uses_channels_last(auto, device) else 'off'}; {args.seconds:g} s per measurement")
+    peaks = {p: peak_matmul_flops(device, p) for p in sorted({"fp32", auto})}
+    print("peak (2048x2048 matmul): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
+    print(f"\n{'model':8s} {'pipeline':34s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+
+    ratios = {}
+    for key in args.models:
+        flops = training_flops_per_image(MODELS[key], device)
+        rows = [("(a) starter, PIL + 2 workers, fp32", "fp32",
+                 starter_images_per_s(MODELS[key], images, labels, device, args.seconds, args.warmup,
+                                      args.workers)),
+                ("(b) project, fp32", "fp32",
+                 project_images_per_s(MODELS[key], images, labels, device, "fp32", args.seconds, args.warmup)),
+                (f"(c) project, auto ({auto})", auto,
+                 project_images_per_s(MODELS[key], images, labels, device, auto, args.seconds, args.warmup))]
+        for label, precision, rate in rows:
+            achieved = rate * flops
+            print(f"{key:8s} {label:34s} {rate:9.0f} {achieved / 1e9:8.1f} {achieved / peaks[precision]:8.1%}",
+                  flush=True)
+        a, b, c = (rate for _, _, rate in rows)
+        ratios[key] = c / a
+        print(f"{key:8s} {flops / 1e6:.1f} MFLOP per training image; b/a = {b / a:.2f}x, c/a = {c / a:.2f}x\n")
+    print("speedup " + " ".join(f"{key}={ratio:.1f}x" for key, ratio in ratios.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Data-parallel training under torchrun: equal shards, one set of outputs, metrics of the full set."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+import dataloaders
+from task2 import Task2Model
+from trainer import TrainConfig, Trainer
+from utils import load_checkpoint
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("batch_size", [1, 7, 16])
+def test_every_process_takes_the_same_number_of_steps(world_size, batch_size):
+    """An epoch with one step more on one rank would leave DDP waiting for it forever."""
+    for count in range(world_size, 70):
+        images, labels = torch.zeros(count, 3, 32, 32, dtype=torch.uint8), torch.arange(count)
+        shards = [dataloaders.BatchLoader(images, labels, batch_size, shuffle=True, rank=rank,
+                                          world_size=world_size) for rank in range(world_size)]
+        assert len({len(shard) for shard in shards}) == 1, (count, [len(s) for s in shards])
+        if count in (world_size, 35, 69):
+            seen = torch.cat([y for shard in shards for _, y in shard.batches(epoch=3)])
+            assert len(seen.unique()) == len(seen), "shards overlap"
+            assert len(seen) >= count - world_size * (batch_size + 1), "too many images left out"
+
+
+def test_evaluation_shards_cover_every_image_once():
+    images, labels = torch.zeros(53, 3, 32, 32, dtype=torch.uint8), torch.arange(53)
+    covered = torch.cat([y for rank in range(3) for _, y in
+                         dataloaders.BatchLoader(images, labels, 8, rank=rank, world_size=3)])
+    assert sorted(covered.tolist()) == list(range(53))
+
+
+def test_the_torchrun_launcher_is_available():
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "--nproc-per-node" in result.stdout
+
+
+def full_set_metrics(checkpoint, data_dir, batch_size):
+    """best.pt evaluated in this one process on every image of each split."""
+    loaders = dataloaders.load_cifar10(batch_size, 0.1, seed=0, data_dir=data_dir, download=False)
+    model = Task2Model()
+    model.load_state_dict(load_checkpoint(checkpoint)["model"])
+    trainer = Trainer(model, *loaders, TrainConfig(batch_size=batch_size), checkpoint.parent, "cpu")
+    return {split: trainer.evaluate(loader) for split, loader in zip(("train", "validation", "test"), loaders)}
+
+
+def test_two_processes_under_torchrun_write_one_set_of_outputs(folder_data, tmp_path):
+    run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(ROOT / "task2.py"), "--data-dir", folder_data, "--device", "cpu", "--precision", "fp32",
+               "--batch-size", "16", "--max-steps", "6", "--run-dir", run_dir, "--plot-dir", plot_dir]
+    env = {key: value for key, value in os.environ.items() if key != "CIFAR10_DIR"}
+    result = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True, timeout=180,
+                            env={**env, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    # Only rank 0 writes and prints.
+    assert result.stdout.count("Task 2 (best checkpoint") == 1
+    assert result.stderr.count("2 process(es)") == 1
+    assert sorted(p.name for p in plot_dir.iterdir()) == ["task2.png"]
+    assert {"config.json", "history.json", "metrics.json", "best.pt", "last.pt"} <= {p.name for p in run_dir.iterdir()}
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["world_size"] == 2
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 6
+
+    # Reduced across ranks, each metric equals the saved model's on the whole split.
+    full = full_set_metrics(run_dir / "best.pt", folder_data, batch_size=16)
+    for split in ("train", "validation", "test"):
+        assert metrics[split]["accuracy"] == pytest.approx(full[split]["accuracy"], abs=1e-9), split
+        assert metrics[split]["loss"] == pytest.approx(full[split]["loss"], rel=1e-5), split
+    best = load_checkpoint(run_dir / "best.pt")
+    assert best["validation"]["loss"] == pytest.approx(full["validation"]["loss"], rel=1e-5)
