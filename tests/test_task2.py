@@ -1,0 +1,67 @@
+"""Task 2 end to end: the model of the report and a tiny run of the real script."""
+import json
+
+import torch
+
+from conftest import run_script
+from task2 import Task2Model
+
+
+def test_parameter_count_layer_by_layer():
+    model = Task2Model()
+    counts = [sum(p.numel() for p in layer.parameters())
+              for layer in model.modules() if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear))]
+    # conv 5x5: 3*32*25+32, 32*64*25+64, 64*128*25+128; FC 2048*64+64, 64*10+10
+    assert counts == [2432, 51264, 204928, 131136, 650]
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 390_410
+
+
+def test_output_shape():
+    assert Task2Model()(torch.zeros(5, 3, 32, 32)).shape == (5, 10)
+
+
+def run_task2(folder_data, tmp_path, *extra):
+    return run_script("task2.py", "--data-dir", folder_data, "--max-steps", 8, "--batch-size", 16,
+                      "--precision", "fp32", "--device", "cpu", "--run-dir", tmp_path / "run",
+                      "--plot-dir", tmp_path / "plots", *extra)
+
+
+def test_tiny_run_writes_figure_metrics_and_config(folder_data, tmp_path):
+    result = run_task2(folder_data, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "plots" / "task2.png").stat().st_size > 10_000
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for split in ("train", "validation", "test"):
+        assert 0 <= metrics[split]["accuracy"] <= 1 and metrics[split]["loss"] > 0
+    assert metrics["steps"] == 8
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["lr"] == 0.05 and config["batch_size"] == 16 and config["seed"] == 0
+    assert config["parameters"] == 390_410 and "image folders" in config["data_source"]
+    assert config["train_config"]["precision"] == "fp32" and "torch" in config["versions"]
+    assert {"best.pt", "last.pt", "history.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
+    assert "test" in result.stdout and f"{metrics['test']['accuracy']:.3f}" in result.stdout
+
+
+def test_same_seed_gives_same_metrics(folder_data, tmp_path):
+    first = run_task2(folder_data, tmp_path / "a")
+    second = run_task2(folder_data, tmp_path / "b")
+    assert first.returncode == second.returncode == 0
+    a, b = (json.loads((tmp_path / d / "run" / "metrics.json").read_text()) for d in ("a", "b"))
+    assert all(a[split] == b[split] for split in ("train", "validation", "test"))
+
+
+def test_help_lists_the_contract_flags():
+    result = run_script("task2.py", "--help")
+    assert result.returncode == 0
+    for flag in ("--data-dir", "--seed", "--epochs", "--batch-size", "--lr", "--early-stop-count",
+                 "--max-steps", "--run-dir", "--device", "--resume", "--precision"):
+        assert flag in result.stdout
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = run_script("task2.py", "--data-dir", tmp_path / "none", "--run-dir", tmp_path / "run",
+                        "--plot-dir", tmp_path / "plots")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no CIFAR-10 found") and "--data-dir" in last
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,168 @@
+"""The shared Trainer: early stopping, best checkpoint, atomic writes, resume."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+import dataloaders
+import utils
+from trainer import TrainConfig, Trainer, should_early_stop
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(16, 10))
+
+
+def make_trainer(data, run_dir, model=None, **overrides):
+    loaders = dataloaders.load_cifar10(16, data_dir=data, download=False)
+    config = TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 0.05, "early_stop_count": 4, **overrides})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(model or tiny_model(), *loaders, config, run_dir, "cpu")
+
+
+@pytest.mark.parametrize("losses, patience, expected", [
+    ([1.0, 0.9, 0.8], 4, False),                     # too few validations
+    ([1.0, 0.9, 0.95, 0.96, 0.97], 4, False),        # best is 3 validations old
+    ([1.0, 0.9, 0.95, 0.96, 0.97, 0.98], 4, True),   # best is 4 validations old
+    ([1.0, 0.9, 0.95, 0.96, 0.97, 0.85], 4, False),  # just improved
+    ([0.5, 0.6], 1, True),
+])
+def test_should_early_stop(losses, patience, expected):
+    assert should_early_stop(losses, patience) is expected
+
+
+def scripted_validation(monkeypatch, losses):
+    """Make Trainer.evaluate return the given validation losses in order."""
+    queue = list(losses)
+
+    def evaluate(self, loader):
+        if loader is self.val_loader and queue:
+            return {"loss": queue.pop(0), "accuracy": 0.5}
+        return {"loss": 1.0, "accuracy": 0.5}
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+
+
+def test_early_stopping_and_best_checkpoint(folder_data, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [1.0, 0.8, 0.9, 0.85, 0.95, 0.99, 0.1, 0.1])
+    trainer = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
+    trainer.train()
+    validations = trainer.history["validation"]
+    assert trainer.early_stopped and len(validations) == 6
+    best = utils.load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] == validations[1]["step"] == trainer.best["step"]
+    last = utils.load_checkpoint(tmp_path / "last.pt")
+    assert last["step"] == validations[-1]["step"]
+    # Validation happens twice per epoch: after the middle batch and the last one.
+    steps_per_epoch = len(trainer.train_loader)
+    assert [v["step"] for v in validations[:2]] == [round(steps_per_epoch / 2), steps_per_epoch]
+
+    trainer.final_evaluation()
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, best["model"][name]), f"{name} not reloaded from best.pt"
+    assert any(not torch.equal(t, last["model"][n]) for n, t in trainer.model.state_dict().items())
+
+
+def test_final_evaluation_covers_every_image(folder_data, tmp_path):
+    trainer = make_trainer(folder_data, tmp_path, max_steps=3)
+    trainer.train()
+    metrics = trainer.final_evaluation()
+    # Recompute by hand over every image of each split with the best weights.
+    for split, loader in (("train", trainer.train_loader), ("test", trainer.test_loader)):
+        with torch.no_grad():
+            logits = trainer.model.eval()(loader.transform(loader.images))
+        loss = nn.functional.cross_entropy(logits, loader.labels).item()
+        accuracy = (logits.argmax(1) == loader.labels).float().mean().item()
+        assert metrics[split]["loss"] == pytest.approx(loss, rel=1e-5)
+        assert metrics[split]["accuracy"] == pytest.approx(accuracy)
+    assert set(utils.read_json(tmp_path / "metrics.json")) >= {"train", "validation", "test", "steps"}
+
+
+def test_training_reduces_the_loss(folder_data, tmp_path):
+    trainer = make_trainer(folder_data, tmp_path, epochs=3)
+    trainer.train()
+    losses = [v["loss"] for v in trainer.history["validation"]]
+    assert losses[-1] < losses[0]
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "best.pt"
+    utils.save_checkpoint({"value": 1}, path)
+
+    def failing_save(obj, handle):
+        handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError):
+        utils.save_checkpoint({"value": 2}, path)
+    monkeypatch.undo()
+    assert utils.load_checkpoint(path)["value"] == 1
+    assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
+
+
+def final_weights(trainer):
+    return {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
+
+
+def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_path, monkeypatch):
+    reference = make_trainer(folder_data, tmp_path / "straight")
+    reference.train()
+
+    interrupted = make_trainer(folder_data, tmp_path / "resumed")
+    original_step, calls = Trainer._train_step, []
+
+    def step_then_interrupt(self, images, labels):
+        if len(calls) == 11:  # in the middle of the first epoch, after a validation
+            raise KeyboardInterrupt
+        calls.append(1)
+        return original_step(self, images, labels)
+    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    monkeypatch.undo()
+    assert utils.load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 11
+
+    resumed = make_trainer(folder_data, tmp_path / "resumed")
+    resumed.resume()
+    assert resumed.step == 11
+    resumed.train()
+    assert resumed.step == reference.step
+    for name, tensor in final_weights(reference).items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert resumed.history == reference.history
+
+
+def test_resume_can_extend_the_epoch_budget(folder_data, tmp_path):
+    reference = make_trainer(folder_data, tmp_path / "two", epochs=2)
+    reference.train()
+    short = make_trainer(folder_data, tmp_path / "one", epochs=1)
+    short.train()
+    extended = make_trainer(folder_data, tmp_path / "one", epochs=2)
+    extended.resume()
+    extended.train()
+    for name, tensor in final_weights(reference).items():
+        assert torch.equal(tensor, extended.model.state_dict()[name]), name
+
+
+def test_resume_with_other_settings_is_refused(folder_data, tmp_path):
+    make_trainer(folder_data, tmp_path, max_steps=3).train()
+    with pytest.raises(utils.UserError, match="lr: 0.05 -> 0.1"):
+        make_trainer(folder_data, tmp_path, lr=0.1).resume()
+    wider = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    with pytest.raises(utils.UserError, match="model"):
+        make_trainer(folder_data, tmp_path, model=wider).resume()
+
+
+def test_resume_without_checkpoint_is_refused(folder_data, tmp_path):
+    with pytest.raises(utils.UserError, match="nothing to resume"):
+        make_trainer(folder_data, tmp_path).resume()
+
+
+def test_divergence_stops_at_once_and_keeps_checkpoints(folder_data, tmp_path):
+    trainer = make_trainer(folder_data, tmp_path, lr=1e6, epochs=5)
+    with pytest.raises(utils.UserError, match="diverged"):
+        trainer.train()
+    history = utils.read_json(tmp_path / "history.json")
+    assert not all(map(lambda v: v == v and abs(v) < float("inf"), history["train_loss"]["values"]))
