@@ -1,4 +1,5 @@
 """Data-parallel training under torchrun: equal shards, one set of outputs, metrics of the full set."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ from conftest import ROOT
 
 import dataloaders
 from task2 import Task2Model
+from task3_model1 import Model1
 from trainer import TrainConfig, Trainer
 from utils import load_checkpoint
 
@@ -37,25 +39,26 @@ def test_evaluation_shards_cover_every_image_once():
     assert sorted(covered.tolist()) == list(range(53))
 
 
-def test_the_torchrun_launcher_is_available():
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--help"],
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0 and "--nproc-per-node" in result.stdout
+def test_the_torchrun_launcher_and_gloo_are_available():
+    assert importlib.util.find_spec("torch.distributed.run") is not None
+    assert torch.distributed.is_available() and torch.distributed.is_gloo_available()
 
 
-def full_set_metrics(checkpoint, data_dir, batch_size):
+def full_set_metrics(model, checkpoint, data_dir, batch_size):
     """best.pt evaluated in this one process on every image of each split."""
     loaders = dataloaders.load_cifar10(batch_size, 0.1, seed=0, data_dir=data_dir, download=False)
-    model = Task2Model()
     model.load_state_dict(load_checkpoint(checkpoint)["model"])
     trainer = Trainer(model, *loaders, TrainConfig(batch_size=batch_size), checkpoint.parent, "cpu")
     return {split: trainer.evaluate(loader) for split, loader in zip(("train", "validation", "test"), loaders)}
 
 
-def test_two_processes_under_torchrun_write_one_set_of_outputs(folder_data, tmp_path):
+# Model 1 has BatchNorm, whose running statistics each process updates on its own shard.
+@pytest.mark.parametrize("script, model, title", [("task2.py", Task2Model, "Task 2"),
+                                                  ("task3_model1.py", Model1, "Task 3 Model 1")])
+def test_two_processes_under_torchrun_write_one_set_of_outputs(script, model, title, folder_data, tmp_path):
     run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               str(ROOT / "task2.py"), "--data-dir", folder_data, "--device", "cpu", "--precision", "fp32",
+               str(ROOT / script), "--data-dir", folder_data, "--device", "cpu", "--precision", "fp32",
                "--batch-size", "16", "--max-steps", "6", "--run-dir", run_dir, "--plot-dir", plot_dir]
     env = {key: value for key, value in os.environ.items() if key != "CIFAR10_DIR"}
     result = subprocess.run(list(map(str, command)), cwd=ROOT, capture_output=True, text=True, timeout=180,
@@ -63,9 +66,9 @@ def test_two_processes_under_torchrun_write_one_set_of_outputs(folder_data, tmp_
     assert result.returncode == 0, result.stderr[-3000:]
 
     # Only rank 0 writes and prints.
-    assert result.stdout.count("Task 2 (best checkpoint") == 1
+    assert result.stdout.count(f"{title} (best checkpoint") == 1
     assert result.stderr.count("2 process(es)") == 1
-    assert sorted(p.name for p in plot_dir.iterdir()) == ["task2.png"]
+    assert sorted(p.name for p in plot_dir.iterdir()) == [script.replace(".py", ".png")]
     assert {"config.json", "history.json", "metrics.json", "best.pt", "last.pt"} <= {p.name for p in run_dir.iterdir()}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["world_size"] == 2
@@ -73,7 +76,7 @@ def test_two_processes_under_torchrun_write_one_set_of_outputs(folder_data, tmp_
     assert metrics["steps"] == 6
 
     # Reduced across ranks, each metric equals the saved model's on the whole split.
-    full = full_set_metrics(run_dir / "best.pt", folder_data, batch_size=16)
+    full = full_set_metrics(model(), run_dir / "best.pt", folder_data, batch_size=16)
     for split in ("train", "validation", "test"):
         assert metrics[split]["accuracy"] == pytest.approx(full[split]["accuracy"], abs=1e-9), split
         assert metrics[split]["loss"] == pytest.approx(full[split]["loss"], rel=1e-5), split
