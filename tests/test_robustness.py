@@ -1,0 +1,287 @@
+"""Misuse probes: bad flags, divergence, interrupted and resumed runs, damaged files, locks.
+
+Each probe must end in one clear line and a non-zero exit, and never lose a checkpoint.
+The kill-and-resume probes run task2.py as a user would, in a subprocess, on a tiny
+synthetic dataset; the rest call the scripts in-process to keep the suite fast.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import cli
+import task2
+import task3_model1
+from conftest import ROOT, run_script
+from trainer import TrainConfig, Trainer, TrainingDiverged, read_run
+from utils import UserError, load_checkpoint, read_json, write_json
+
+# Three epochs of 10 steps and 6 validations; CPU fp32, so runs are bit-for-bit repeatable.
+TINY = ["--epochs", "3", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
+        "--device", "cpu", "--seed", "0"]
+
+
+def outcome(entry, argv, capsys):
+    """(exit code, stderr) of `entry` run through cli.main, as the command line would end."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            cli.main(entry, [str(a) for a in argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return ended.value.code, capsys.readouterr().err
+
+
+def task2_args(data, run_dir, plot_dir, *extra):
+    return ["--data-dir", data, "--run-dir", run_dir, "--plot-dir", plot_dir, *TINY, *extra]
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def one_line_error(stderr: str) -> bool:
+    lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
+    return len(lines) == 1 and "Traceback" not in stderr
+
+
+# ---------------------------------------------------------------- invalid hyperparameters
+
+@pytest.mark.parametrize("flags", [
+    ["--lr", "0"], ["--lr", "-0.1"], ["--lr", "nan"], ["--lr", "inf"], ["--batch-size", "0"],
+    ["--epochs", "0"], ["--validation-fraction", "0"], ["--validation-fraction", "1"],
+    ["--validation-fraction", "1.5"], ["--early-stop-count", "0"], ["--optimizer", "sgdd"],
+    ["--lr", "fast"], ["--resume", "--overwrite"],
+])
+def test_invalid_flags_exit_2_and_create_nothing(flags, tmp_path, capsys):
+    run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--plot-dir", plot_dir, *flags], capsys)
+    assert code == 2
+    assert "error:" in stderr and "Traceback" not in stderr
+    assert not run_dir.exists() and not plot_dir.exists()
+
+
+def test_invalid_flag_from_the_command_line(tmp_path):
+    result = run_script("task2.py", "--lr", "-1", "--run-dir", tmp_path / "run")
+    assert result.returncode == 2
+    assert "--lr: -1 is out of range: must be finite and > 0" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------- divergence
+
+def test_divergence_stops_at_once_and_keeps_the_best_checkpoint(folder_data, tmp_path):
+    import dataloaders
+    from torch import nn
+
+    torch.manual_seed(0)
+    loaders = dataloaders.load_cifar10(16, 0.1, seed=0, data_dir=folder_data, subset=160)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, 10))
+    # A sane learning rate until step 12 (after the first validation at step 5 and 10), then a
+    # huge one: weights near 1e28 in two layers overflow float32, so the loss must turn non-finite within a few steps.
+    explode = lambda optimizer, total: torch.optim.lr_scheduler.LambdaLR(  # noqa: E731
+        optimizer, lambda step: 1.0 if step < 12 else 1e30)
+    trainer = Trainer(model, *loaders, TrainConfig(epochs=3, lr=0.01, precision="fp32"), tmp_path, "cpu",
+                      scheduler_fn=explode)
+    with pytest.raises(TrainingDiverged, match="diverged at step .*lower --lr"):
+        trainer.train()
+    assert 12 < trainer.step < 20, "training went on after the loss became non-finite"
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["step"] in (5, 10) and all(torch.isfinite(t).all() for t in best["model"].values())
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 10  # the last good validation
+    history = read_json(tmp_path / "history.json")
+    assert len(history["train_loss"]["values"]) == trainer.step  # losses up to the divergence
+    assert [p["step"] for p in history["validation"]] == [5, 10]
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_divergence_from_the_command_line(folder_data, tmp_path, capsys):
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots",
+                                                  "--lr", "1e12"), capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert "training diverged" in stderr and "lower --lr" in stderr
+    assert (tmp_path / "run" / "history.json").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------- interrupted runs
+
+@pytest.fixture(scope="module")
+def uninterrupted(folder_data, tmp_path_factory):
+    """A reference run, trained without interruption."""
+    base = tmp_path_factory.mktemp("uninterrupted")
+    result = run_script("task2.py", *task2_args(folder_data, base / "run", base / "plots"))
+    assert result.returncode == 0, result.stderr
+    return read_run(base / "run"), base / "run"
+
+
+def start_and_signal(folder_data, run_dir, plot_dir, sig):
+    """Start task2.py, wait for its first checkpoint, send `sig`; return the finished process."""
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    process = subprocess.Popen([sys.executable, str(ROOT / "task2.py"),
+                                *map(str, task2_args(folder_data, run_dir, plot_dir))],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "last.pt").exists():
+        assert process.poll() is None, f"run ended before its first checkpoint: {process.stderr.read()}"
+        assert time.monotonic() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.02)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert not (run_dir / "metrics.json").exists(), "the run finished before it was interrupted"
+    return process.returncode, stderr
+
+
+def same_results(resumed, reference):
+    for split in ("train", "validation", "test"):
+        assert resumed["metrics"][split] == reference["metrics"][split], split
+    assert resumed["metrics"]["best_step"] == reference["metrics"]["best_step"]
+    assert resumed["history"]["validation"] == reference["history"]["validation"]
+    assert resumed["history"]["train_loss"] == reference["history"]["train_loss"]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(folder_data, tmp_path, uninterrupted, capsys):
+    run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
+    code, _ = start_and_signal(folder_data, run_dir, plot_dir, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    # An unfinished run is not silently restarted.
+    before = snapshot(run_dir)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir), capsys)
+    assert code == 1 and one_line_error(stderr) and "--resume" in stderr and "--overwrite" in stderr
+    assert snapshot(run_dir) == before
+    result = run_script("task2.py", *task2_args(folder_data, run_dir, plot_dir, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert "resumed" in result.stderr
+    same_results(read_run(run_dir), uninterrupted[0])
+
+
+def test_ctrl_c_saves_exits_130_and_resumes_exactly(folder_data, tmp_path, uninterrupted):
+    run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
+    code, stderr = start_and_signal(folder_data, run_dir, plot_dir, signal.SIGINT)
+    assert code == 130
+    assert "interrupted" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert load_checkpoint(run_dir / "last.pt")["step"] >= 5
+    result = run_script("task2.py", *task2_args(folder_data, run_dir, plot_dir, "--resume"))
+    assert result.returncode == 0, result.stderr
+    same_results(read_run(run_dir), uninterrupted[0])
+
+
+def test_sigterm_is_treated_like_ctrl_c(folder_data, tmp_path):
+    code, stderr = start_and_signal(folder_data, tmp_path / "run", tmp_path / "plots", signal.SIGTERM)
+    assert code == 130 and "--resume" in stderr and "Traceback" not in stderr
+    assert (tmp_path / "run" / "last.pt").exists()
+
+
+# ---------------------------------------------------------------- resuming the wrong thing
+
+@pytest.mark.parametrize("entry, extra", [(task2.main, ["--lr", "0.01"]),
+                                          (task2.main, ["--batch-size", "32"]),
+                                          (task3_model1.main, [])])
+def test_resume_with_other_settings_or_model_is_refused(entry, extra, folder_data, tmp_path, uninterrupted,
+                                                        capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    for path in uninterrupted[1].iterdir():
+        (run_dir / path.name).write_bytes(path.read_bytes())
+    before = snapshot(run_dir)
+    code, stderr = outcome(entry, task2_args(folder_data, run_dir, tmp_path / "plots", "--resume", *extra),
+                           capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert "cannot resume" in stderr and "other settings" in stderr
+    assert snapshot(run_dir) == before
+
+
+def test_resume_without_a_checkpoint(folder_data, tmp_path, capsys):
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "p", "--resume"),
+                           capsys)
+    assert code == 1 and one_line_error(stderr) and "nothing to resume" in stderr
+
+
+# ---------------------------------------------------------------- damaged files
+
+def test_corrupt_checkpoint_is_named(folder_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "p", "--resume"), capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert str(run_dir / "last.pt") in stderr and "corrupt" in stderr
+    assert (run_dir / "last.pt").read_bytes().startswith(b"PK")  # left for the user to inspect
+
+
+def test_truncated_checkpoint_is_a_user_error(tmp_path, uninterrupted):
+    path = tmp_path / "best.pt"
+    path.write_bytes((uninterrupted[1] / "best.pt").read_bytes()[:5000])
+    with pytest.raises(UserError, match=f"{path}.*corrupt"):
+        load_checkpoint(path)
+
+
+def test_truncated_json_is_a_user_error(tmp_path):
+    path = tmp_path / "history.json"
+    write_json({"train_loss": {"steps": [0, 1], "values": [2.3, 2.2]}, "validation": []}, path)
+    path.write_text(path.read_text()[:30])
+    with pytest.raises(UserError, match="history.json is truncated"):
+        read_json(path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"test": {}}))
+    with pytest.raises(UserError, match="history.json"):
+        read_run(tmp_path)
+
+
+# ---------------------------------------------------------------- outputs that cannot be written
+
+@pytest.mark.parametrize("which", ["--run-dir", "--plot-dir"])
+def test_unwritable_output_fails_before_training(which, folder_data, tmp_path, capsys):
+    # Tests run as root, for whom chmod does not block writes; a folder below a regular
+    # file cannot be created by anyone.
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    paths = {"--run-dir": tmp_path / "run", "--plot-dir": tmp_path / "plots", which: blocker / "sub"}
+    started = time.perf_counter()
+    code, stderr = outcome(task2.main, ["--data-dir", folder_data, *TINY, "--run-dir", paths["--run-dir"],
+                                        "--plot-dir", paths["--plot-dir"]], capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert f"cannot write to {blocker / 'sub'}" in stderr
+    assert "validation loss" not in stderr  # no training step was taken
+    assert time.perf_counter() - started < 10
+    assert not list(tmp_path.glob("**/*.pt"))
+
+
+# ---------------------------------------------------------------- two writers
+
+def test_second_run_into_a_busy_run_dir_refuses(folder_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "last.pt").write_bytes(b"owned by the first run")
+    (run_dir / "metrics.json").write_text("{}")
+    lock = cli._lock(run_dir)  # this process plays the first run, still writing
+    try:
+        result = run_script("task2.py", *task2_args(folder_data, run_dir, tmp_path / "plots"))
+        result_resume = run_script("task2.py", *task2_args(folder_data, run_dir, tmp_path / "plots", "--overwrite"))
+    finally:
+        lock.close()
+    for attempt in (result, result_resume):
+        assert attempt.returncode == 1 and one_line_error(attempt.stderr)
+        assert "another run is writing" in attempt.stderr
+    assert (run_dir / "last.pt").read_bytes() == b"owned by the first run"
+
+
+# ---------------------------------------------------------------- the report reads real runs
+
+def test_report_reads_a_real_run(uninterrupted, tmp_path):
+    import report
+
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "task2").mkdir(parents=True)
+    for path in uninterrupted[1].glob("*.json"):
+        (runs_dir / "task2" / path.name).write_bytes(path.read_bytes())
+    report.main(["--runs-dir", str(runs_dir), "--plot-dir", str(tmp_path / "plots")])
+    text = (tmp_path / "plots" / "report.md").read_text()
+    test_accuracy = uninterrupted[0]["metrics"]["test"]["accuracy"]
+    assert f"{test_accuracy:.3f} / 0.739" in text
+    assert (tmp_path / "plots" / "task2.png").stat().st_size > 10_000
