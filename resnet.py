@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 import dataloaders
-from utils import UserError, load_checkpoint
+from utils import UserError
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"
@@ -58,18 +58,27 @@ def imagenet_state_dict() -> dict:
         socket.setdefaulttimeout(previous_timeout)
 
 
-def read_state_dict_file(path) -> dict:
-    """A local ResNet-18 ImageNet state dict, as torchvision's resnet18-f37072fd.pth."""
+def read_torch_file(path, flag: str, expected: str):
+    """torch.load of a local file, weights only (no code runs), with one-line errors."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise UserError(f"--weights {path}: no such file; pass a ResNet-18 state dict such as "
-                        f"{WEIGHTS_FILE}, or --weights imagenet / --weights none")
+        raise UserError(f"{flag} {path}: no such file; pass {expected}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise UserError(f"--weights {path} is not a PyTorch state dict ({type(error).__name__}); pass a "
-                        f"ResNet-18 state dict such as {WEIGHTS_FILE}") from None
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        raise UserError(f"{flag} {path} cannot be read as a PyTorch file ({type(error).__name__}); "
+                        f"pass {expected}") from None
+
+
+def is_training_checkpoint(state) -> bool:
+    return isinstance(state, dict) and isinstance(state.get("model"), dict)
+
+
+def read_state_dict_file(path) -> dict:
+    """A local ResNet-18 ImageNet state dict, as torchvision's resnet18-f37072fd.pth."""
+    state = read_torch_file(path, "--weights", f"a ResNet-18 state dict such as {WEIGHTS_FILE}, or "
+                                               "--weights imagenet / --weights none")
+    if is_training_checkpoint(state):
         raise UserError(f"--weights {path} is a training checkpoint, not ImageNet weights; Tasks 4b and 4c "
                         "read task4a.py checkpoints with --checkpoint PATH")
     return state
@@ -128,10 +137,10 @@ def transfer_model(weights: str = "imagenet", finetune: str = "last") -> nn.Modu
 
 def trained_resnet18(checkpoint) -> nn.Module:
     """The 10-class model of a task4a.py run, from its best.pt or last.pt."""
-    state = load_checkpoint(Path(checkpoint).expanduser())
-    if not isinstance(state, dict) or "model" not in state:
+    state = read_torch_file(checkpoint, "--checkpoint", "runs/task4a/best.pt or last.pt from task4a.py")
+    if not is_training_checkpoint(state):
         raise UserError(f"--checkpoint {checkpoint} is not a training checkpoint (no 'model' entry); pass "
-                        "runs/task4a/best.pt or last.pt")
+                        "runs/task4a/best.pt or last.pt, or plain ImageNet weights with --weights PATH")
     return load_strict(replace_head(resnet18(weights=None)), state["model"], f"--checkpoint {checkpoint}",
                        "a task4a.py (ResNet-18, 10 classes) checkpoint")
 

@@ -13,6 +13,7 @@ On a CPU this is slow: --image-size 64 and --subset make cheap trial runs.
 import cli
 import dataloaders
 import resnet
+from utils import set_seed
 
 HYPERPARAMETERS = dict(epochs=5, batch_size=32, lr=5e-4, early_stop_count=4, optimizer="adam")
 
@@ -28,7 +29,9 @@ def main(argv=None):
     args = cli.parse(parser, argv)
     if args.image_size < 32:
         parser.error(f"--image-size {args.image_size} is too small: ResNet-18 needs at least 32 pixels")
-    # Read the weights before the data, so missing weights fail in seconds.
+    # Read the weights before the data, so missing weights fail in seconds; seeded so that
+    # --weights none starts from the same random network every time.
+    set_seed(args.seed)
     pretrained = resnet.pretrained_resnet18(args.weights)
 
     def build_model():
