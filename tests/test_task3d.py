@@ -1,0 +1,142 @@
+"""Task 3d: model shapes and size, whitening, test-time flips, augmentation, schedule, a tiny run."""
+import json
+
+import pytest
+import torch
+
+import dataloaders
+from conftest import run_script
+from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, Task3dModel, WhiteningConv, lr_factor,
+                    triangular_schedule)
+
+
+def expected_parameters(widths, whiten=24, classes=10):
+    count = whiten * 3 * 2 * 2 + whiten                  # whitening filters (frozen) and bias
+    previous = whiten
+    for width in widths:                                 # two 3x3 convs and two BN shifts per group
+        count += previous * width * 9 + width * width * 9 + 2 * width
+        previous = width
+    return count + widths[-1] * classes                  # linear classifier, no bias
+
+
+def test_model_shapes_and_parameter_count():
+    model = Task3dModel()
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters((64, 128, 256)) == 1_160_376
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert trainable == 1_160_376 - 24 * 3 * 2 * 2      # the whitening filters are not trained
+    x = torch.randn(6, 3, 32, 32)
+    assert model(x).shape == (6, 10)
+    assert model.feature_extractor[:3](x).shape == (6, 64, 15, 15)
+    model.eval()
+    assert model(x).shape == (6, 10)
+    small = Task3dModel((8, 16, 32))
+    assert sum(p.numel() for p in small.parameters()) == expected_parameters((8, 16, 32))
+
+
+def test_whitening_filters_decorrelate_training_patches():
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.8, 0.2], [0.0, 1.0, 0.5], [0.0, 0.0, 0.3]])
+    images = torch.einsum("dc,bchw->bdhw", mixing, torch.randn(64, 3, 32, 32))
+    layer = WhiteningConv()
+    layer.train()
+    layer(images)                                        # the first training batch fits the filters
+    assert bool(layer.initialised)
+    with torch.no_grad():
+        out = layer(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = out.T @ out / len(out)
+    assert torch.allclose(covariance, torch.eye(12), atol=0.05)
+    before = layer.weight.clone()
+    layer(images * 3)                                    # later batches leave the filters alone
+    assert torch.equal(layer.weight, before)
+
+
+def test_flip_tta_makes_predictions_mirror_invariant_at_evaluation_only():
+    torch.manual_seed(0)
+    model = Task3dModel((8, 16, 16))
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    model(x)
+    assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(x.flip(3)), atol=1e-5)
+        model.flip_tta = False
+        assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)
+
+
+def _is_translated_or_flipped(out, original, padding):
+    padded = torch.nn.functional.pad(original, (padding,) * 4)
+    for candidate in (padded, padded.flip(2)):
+        for dy in range(2 * padding + 1):
+            for dx in range(2 * padding + 1):
+                if torch.equal(candidate[:, dy:dy + 32, dx:dx + 32], out):
+                    return True
+    return False
+
+
+def test_augmentation_keeps_shapes_labels_and_is_off_at_evaluation(folder_data):
+    augmentation = dataloaders.Augmentation(flip=True, crop_padding=2)
+    train, val, test = dataloaders.load_cifar10(32, 0.2, seed=3, data_dir=folder_data, augment=augmentation)
+    assert train.augment is augmentation and val.augment is None and test.augment is None
+    identity = dataloaders.BatchTransform()
+    order = torch.randperm(len(train.labels), generator=dataloaders._generator(3, 0))
+    images, labels = next(train.batches(0))
+    assert images.shape == (32, 3, 32, 32) and labels.shape == (32,)
+    assert torch.equal(labels, train.labels[order[:32]])
+    originals = identity(train.images[order[:32]])
+    # Zero padding is 0 before normalisation: -mean/std afterwards.
+    background = (0 - 0.5) / 0.25
+    for out, original in zip(images, originals):
+        padded_ok = _is_translated_or_flipped(out - background, original - background, 2)
+        assert padded_ok, "an augmented image is not a flip/translation of its own original"
+    changed = sum(not torch.equal(a, b) for a, b in zip(images, originals))
+    assert changed > 16
+    first_val, _ = next(iter(val))
+    assert torch.equal(first_val, identity(val.images[:len(first_val)]))
+
+
+def test_schedule_start_peak_end():
+    total = 100
+    peak = int(WARMUP_FRACTION * total)
+    assert lr_factor(0, total) == pytest.approx(START_FACTOR)
+    assert lr_factor(peak, total) == pytest.approx(1.0)
+    assert lr_factor(total, total) == pytest.approx(END_FACTOR)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    scheduler = triangular_schedule(optimizer, total)
+    seen = []
+    for _ in range(total):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    seen.append(optimizer.param_groups[0]["lr"])
+    assert seen[0] == pytest.approx(0.5 * START_FACTOR)
+    assert max(seen) == pytest.approx(0.5) and seen.index(max(seen)) == peak
+    assert seen[-1] == pytest.approx(0.5 * END_FACTOR)
+    assert all(a <= b for a, b in zip(seen[:peak], seen[1:peak + 1]))
+    assert all(a >= b for a, b in zip(seen[peak:], seen[peak + 1:]))
+
+
+def _tiny_run(folder_data, tmp_path, name):
+    run_dir = tmp_path / name
+    result = run_script("task3d.py", "--data-dir", folder_data, "--epochs", 2, "--batch-size", 32,
+                        "--widths", 8, 16, 16, "--run-dir", run_dir, "--plot-dir", tmp_path / f"{name}-plots",
+                        "--seed", 5)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
+    result, metrics = _tiny_run(folder_data, tmp_path, "a")
+    assert "WhiteningConv" in result.stdout and "ShiftOnlyBatchNorm" in result.stdout
+    assert (tmp_path / "a-plots" / "task3d.png").is_file()
+    assert metrics["epochs"] <= 2 and metrics["steps"] == 2 * 9   # 270 train images in batches of 32
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["widths"] == [8, 16, 16] and config["flip_tta"] and config["crop_padding"] == 2
+    _, again = _tiny_run(folder_data, tmp_path, "b")
+    assert again["test"] == metrics["test"] and again["train"] == metrics["train"]
+
+
+def test_bad_label_smoothing_is_a_usage_error(folder_data, tmp_path):
+    result = run_script("task3d.py", "--data-dir", folder_data, "--label-smoothing", "1.5",
+                        "--run-dir", tmp_path / "r")
+    assert result.returncode == 2 and "label-smoothing" in result.stderr
