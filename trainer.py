@@ -12,7 +12,9 @@ import contextlib
 import hashlib
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +52,38 @@ class TrainConfig:
 
 class TrainingDiverged(UserError):
     pass
+
+
+@contextlib.contextmanager
+def interrupts_between_steps():
+    """Turn Ctrl-C (and SIGTERM, where it already means interrupt) into a flag read between steps.
+
+    Python raises KeyboardInterrupt wherever the signal lands: after the optimizer has
+    updated the weights but before the step is counted, or in the middle of a validation;
+    last.pt would then hold a step applied twice or a validation skipped on --resume.
+    A second signal interrupts at once, for a user who does not want to wait.
+    """
+    received = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def handler(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        current = signal.getsignal(sig)
+        # Leave ignored signals ignored and a default SIGTERM deadly: only defer an interrupt.
+        if current not in (signal.SIG_IGN, signal.SIG_DFL, None):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def should_early_stop(validation_losses, patience: int) -> bool:
@@ -122,6 +156,7 @@ class Trainer:
         self.best = {"loss": math.inf, "step": None}
         self.early_stopped = False
         self.train_seconds = 0.0
+        self._interrupted = []      # signals received during train(), acted on between steps
 
     # ---------------------------------------------------------------- helpers
 
@@ -255,6 +290,10 @@ class Trainer:
 
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""
+        with interrupts_between_steps() as self._interrupted:
+            self._train()
+
+    def _train(self) -> None:
         self.model.train()
         # Checking for NaN costs a GPU sync, so there it happens with the progress bar only.
         check_every = 1 if self.device.type == "cpu" else self.config.log_every
@@ -291,9 +330,13 @@ class Trainer:
                                       f"{self.config.early_stop_count} validations")
                             stop = True
                         seen, last_time = 0, time.perf_counter()
+                    if self._interrupted:
+                        raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
                         stop = True
                         break
+            if self._interrupted:  # arrived during the last validation
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
             self.train_seconds += time.perf_counter() - last_time

@@ -285,3 +285,53 @@ def test_report_reads_a_real_run(uninterrupted, tmp_path):
     test_accuracy = uninterrupted[0]["metrics"]["test"]["accuracy"]
     assert f"{test_accuracy:.3f} / 0.739" in text
     assert (tmp_path / "plots" / "task2.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- Ctrl-C at the worst moment
+
+def tiny_trainer(folder_data, run_dir):
+    import dataloaders
+    from torch import nn
+
+    torch.manual_seed(0)
+    loaders = dataloaders.load_cifar10(16, 0.1, seed=0, data_dir=folder_data, subset=160)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, 10))
+    config = TrainConfig(epochs=2, lr=0.01, momentum=0.9, optimizer="sgd", precision="fp32")
+    return Trainer(model, *loaders, config, run_dir, "cpu")
+
+
+@pytest.mark.parametrize("where", ["optimizer step", "validation"])
+def test_ctrl_c_mid_step_or_mid_validation_resumes_exactly(where, folder_data, tmp_path):
+    """A real SIGINT delivered right after the optimizer has updated the weights (or while
+    validating) must not leave last.pt with a half-done step or a skipped validation."""
+    reference = tiny_trainer(folder_data, tmp_path / "reference")
+    reference.train()
+
+    trainer = tiny_trainer(folder_data, tmp_path / "run")
+    if where == "optimizer step":
+        real_step, calls = trainer.optimizer.step, []
+
+        def step_then_signal(*args, **kwargs):
+            result = real_step(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == 7:
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+        trainer.optimizer.step = step_then_signal
+    else:
+        real_evaluate = trainer.evaluate
+
+        def evaluate_then_signal(loader):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real_evaluate(loader)
+        trainer.evaluate = evaluate_then_signal
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    resumed = tiny_trainer(folder_data, tmp_path / "run")
+    resumed.resume()
+    resumed.train()
+    assert resumed.history == reference.history
+    for name, tensor in reference.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[name], tensor), name
