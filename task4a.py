@@ -3,7 +3,7 @@
 The 1000-class head is replaced by a 512 -> 10 linear layer. Only the last residual
 stage (layer4) and the new head are trained (--finetune all trains everything).
 Each batch is resized to 224x224 (bilinear, on the training device) and normalised
-with the ImageNet mean and std. Adam, learning rate 5e-4, batch size 32, early stopping
+with the ImageNet mean and std. SGD (as in the report), learning rate 5e-4, batch size 32, early stopping
 after 4 validations without improvement. Writes plots/task4a.png (Figure 6) and runs/task4a/.
 
 ImageNet weights come from the torch hub cache (resnet18-f37072fd.pth, downloaded once);
@@ -15,7 +15,7 @@ import dataloaders
 import resnet
 from utils import set_seed
 
-HYPERPARAMETERS = dict(epochs=5, batch_size=32, lr=5e-4, early_stop_count=4, optimizer="adam")
+HYPERPARAMETERS = dict(epochs=5, batch_size=32, lr=5e-4, early_stop_count=4, optimizer="sgd")
 
 
 def main(argv=None):

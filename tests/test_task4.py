@@ -110,7 +110,7 @@ def test_task4a_tiny_run_writes_metrics_figure_and_config(tiny_run):
     assert 0 <= metrics["test"]["accuracy"] <= 1
     config = json.loads((out / "run" / "config.json").read_text())
     assert (config["weights"], config["finetune"], config["image_size"]) == ("none", "last", 32)
-    assert (config["lr"], config["optimizer"], config["early_stop_count"]) == (5e-4, "adam", 4)
+    assert (config["lr"], config["optimizer"], config["early_stop_count"]) == (5e-4, "sgd", 4)
     expected = sum(p.numel() for p in resnet.transfer_model("none").parameters() if p.requires_grad)
     assert config["trainable_parameters"] == expected < config["parameters"]
 
@@ -138,7 +138,7 @@ def test_task4a_rejects_tiny_image_size(folder_data, tmp_path, capsys):
 
 def test_task4a_defaults_are_the_report_hyperparameters():
     args = cli.parse(cli.make_parser("", "task4a", **task4a.HYPERPARAMETERS), [])
-    assert (args.batch_size, args.lr, args.optimizer, args.early_stop_count) == (32, 5e-4, "adam", 4)
+    assert (args.batch_size, args.lr, args.optimizer, args.early_stop_count) == (32, 5e-4, "sgd", 4)
 
 
 # ---------------------------------------------------------------- weights
