@@ -1,0 +1,130 @@
+"""Precision and memory layout: what `auto` picks, that reduced precision still learns, the benchmark."""
+import json
+import re
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+import cli
+import dataloaders
+import task2
+from conftest import run_script, synthetic_images
+from trainer import TrainConfig, Trainer
+from utils import resolve_precision
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+def fake_cpu(monkeypatch, amx: bool, avx512_bf16: bool):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, expected", [
+    (True, True, "bf16"),     # Intel Xeon 4th gen and later
+    (False, True, "bf16"),    # AMD Zen 4, Intel Cooper Lake
+    (True, False, "bf16"),
+    (False, False, "fp32"),   # older or laptop CPUs: bf16 would be emulated, slower than fp32
+])
+def test_auto_on_cpu_follows_the_detected_instructions(monkeypatch, amx, avx512_bf16, expected):
+    fake_cpu(monkeypatch, amx, avx512_bf16)
+    assert resolve_precision("auto", CPU) == expected
+
+
+@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_on_cuda_follows_bf16_support(monkeypatch, supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
+    assert resolve_precision("auto", CUDA) == expected
+
+
+@pytest.mark.parametrize("choice", ["fp32", "bf16", "fp16"])
+def test_an_explicit_precision_is_kept_whatever_the_hardware(monkeypatch, choice):
+    fake_cpu(monkeypatch, amx=False, avx512_bf16=False)
+    assert resolve_precision(choice, CPU) == choice
+
+
+def test_channels_last_where_it_helps():
+    assert cli.uses_channels_last("bf16", CPU) and cli.uses_channels_last("fp32", CUDA)
+    assert not cli.uses_channels_last("fp32", CPU)
+
+
+def run_task2(*argv):
+    """task2.py in this process, through cli.main as on the command line."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        cli.main(task2.main, [str(a) for a in argv])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_fp16_on_a_cpu_is_one_clear_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as ended:
+        run_task2("--device", "cpu", "--precision", "fp16", "--run-dir", tmp_path / "run",
+                  "--plot-dir", tmp_path / "plots")
+    err = capsys.readouterr().err
+    assert ended.value.code == 1 and "error: --precision fp16 is for CUDA" in err and "Traceback" not in err
+
+
+def test_the_run_config_says_what_auto_chose(folder_data, tmp_path):
+    run_task2("--data-dir", folder_data, "--device", "cpu", "--precision", "auto", "--max-steps", "2",
+              "--batch-size", "16", "--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    chosen = resolve_precision("auto", CPU)
+    assert config["precision_requested"] == "auto"
+    assert config["train_config"]["precision"] == chosen
+    assert config["train_config"]["channels_last"] == cli.uses_channels_last(chosen, CPU)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_short_run_decreases_the_training_loss(folder_data, tmp_path, precision):
+    loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
+    config = TrainConfig(epochs=2, batch_size=16, lr=0.02, precision=precision, validations_per_epoch=1,
+                         channels_last=cli.uses_channels_last(precision, CPU))
+    torch.manual_seed(0)
+    trainer = Trainer(task2.Task2Model(), *loaders, config, tmp_path, "cpu")
+    trainer.train()
+    losses = trainer.history["train_loss"]["values"]
+    assert len(losses) == trainer.step >= 30
+    assert sum(losses[-8:]) / 8 < 0.85 * sum(losses[:8]) / 8, losses
+    # Autocast computes in bf16 but keeps the weights (and so the optimizer) in fp32.
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_project_batches_give_the_starter_pipelines_outputs(monkeypatch):
+    """uint8 batch -> per-batch normalise -> channels-last bf16 forward, against PIL -> ToTensor ->
+    Normalize per image and an fp32 forward: equal within bf16 rounding."""
+    from PIL import Image
+    from torchvision import transforms
+
+    images, labels = synthetic_images(32, seed=5)
+    reference = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(dataloaders.CIFAR_MEAN, dataloaders.CIFAR_STD)])
+    expected_input = torch.stack([reference(Image.fromarray(image)) for image in images])
+    torch.manual_seed(0)
+    model = task2.Task2Model().eval()
+    with torch.no_grad():
+        expected = model(expected_input)
+
+    loader = dataloaders.BatchLoader(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+                                     torch.from_numpy(labels), batch_size=32)
+    config = TrainConfig(precision="bf16", channels_last=True)
+    trainer = Trainer(model, loader, None, None, config, "unused", "cpu")
+    batch, _ = next(iter(loader))
+    prepared = trainer._prepare(batch)
+    assert prepared.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(prepared, expected_input, atol=1e-6)
+    with torch.no_grad(), trainer._autocast():
+        logits = trainer.model(prepared).float()
+    scale = expected.abs().max()
+    assert (logits - expected).abs().max() < 0.03 * scale
+    assert not torch.equal(logits, expected), "bf16 autocast did not take effect"
+
+
+def test_benchmark_prints_the_ratios_last(tmp_path):
+    result = run_script("benchmark.py", "--seconds", "0.3", "--warmup", "1", timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup task2=\d+\.\dx model1=\d+\.\dx", lines[-1]), lines[-1]
+    assert any("(a) starter" in line for line in lines) and "GFLOP/s" in result.stdout
