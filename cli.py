@@ -46,7 +46,7 @@ def _number(kind, low, low_inclusive, high=None, what=""):
         too_high = high is not None and value >= high
         # nan compares false with everything and inf would only surface as a diverged run.
         if too_low or too_high or not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{text} is out of range: must be finite and {what}")
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}")
         return value
     return parse
 

@@ -125,6 +125,8 @@ def read_json(path: Path):
 def check_writable(folder: Path) -> None:
     """Fail before training, not after an hour, when outputs could not be saved."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"cannot write to {folder}: it is a file, not a folder; choose another folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

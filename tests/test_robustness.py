@@ -69,7 +69,7 @@ def test_invalid_flags_exit_2_and_create_nothing(flags, tmp_path, capsys):
 def test_invalid_flag_from_the_command_line(tmp_path):
     result = run_script("task2.py", "--lr", "-1", "--run-dir", tmp_path / "run")
     assert result.returncode == 2
-    assert "--lr: -1 is out of range: must be finite and > 0" in result.stderr
+    assert "--lr: -1 is out of range: must be > 0" in result.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -243,6 +243,15 @@ def test_unwritable_output_fails_before_training(which, folder_data, tmp_path, c
     assert "validation loss" not in stderr  # no training step was taken
     assert time.perf_counter() - started < 10
     assert not list(tmp_path.glob("**/*.pt"))
+
+
+def test_output_path_that_is_a_file(folder_data, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    code, stderr = outcome(task2.main, task2_args(folder_data, blocker, tmp_path / "plots"), capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert f"cannot write to {blocker}: it is a file" in stderr
+    assert blocker.read_text() == "keep me"
 
 
 # ---------------------------------------------------------------- two writers
