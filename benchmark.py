@@ -95,21 +95,35 @@ def endless(make_iterator):
 
 # ---------------------------------------------------------------- timing
 
-def throughput(step, batches, seconds: float, warmup: int) -> float:
-    """Images per second of `step(images, labels)` over `batches`, after `warmup` steps."""
-    for _ in range(warmup):
-        step(*next(batches))
-    count, started = 0, time.perf_counter()
-    while True:
-        images, labels = next(batches)
-        step(images, labels)
-        count += len(labels)
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return count / elapsed
+class Throughput:
+    """Images per second of `step(images, labels)` over `batches`, timed in slices.
+
+    The slices of all pipelines take turns, so a change in the load from other programs
+    during the run falls on every pipeline alike instead of on whichever ran at that moment.
+    """
+
+    def __init__(self, step, batches, warmup: int, sync=lambda: None):
+        self.step, self.batches, self.sync = step, batches, sync
+        self.images, self.seconds = 0, 0.0
+        for _ in range(warmup):  # one-off costs: kernel selection, the DataLoader workers' start-up
+            step(*next(batches))
+        sync()
+
+    def run(self, seconds: float) -> None:
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            images, labels = next(self.batches)
+            self.step(images, labels)
+            self.images += len(labels)
+        self.sync()
+        self.seconds += time.perf_counter() - started
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds
 
 
-def starter_images_per_s(model_class, images, labels, device, seconds, warmup, workers) -> float:
+def starter(model_class, images, labels, device, warmup, workers) -> Throughput:
     """The starter code's loop: DataLoader batches, fp32, forward, backward, step."""
     set_seed(0)
     model = model_class().to(device)
@@ -125,31 +139,31 @@ def starter_images_per_s(model_class, images, labels, device, seconds, warmup, w
         loss.backward()
         optimizer.step()
 
-    # The workers' start-up is left out of the timing (it is paid once per epoch).
-    return throughput(step, endless(lambda: iter(loader)), seconds, warmup)
+    return Throughput(step, endless(lambda: iter(loader)), warmup, sync=lambda: synchronize(device))
 
 
-def project_images_per_s(model_class, images, labels, device, precision, seconds, warmup) -> float:
+def project(model_class, images, labels, device, precision, warmup, run_dir) -> Throughput:
     """The Trainer's training step over the project's BatchLoader, with cli.train's settings."""
     set_seed(0)
     loader = dataloaders.BatchLoader(images.to(device), labels.to(device), BATCH_SIZE, shuffle=True)
     config = TrainConfig(batch_size=BATCH_SIZE, lr=LR, precision=precision,
                          channels_last=cli.uses_channels_last(precision, device))
-    with tempfile.TemporaryDirectory() as run_dir:
-        trainer = Trainer(model_class(), loader, None, None, config, run_dir, device)
-        pending = []
+    trainer = Trainer(model_class(), loader, None, None, config, run_dir, device)
+    pending = []
 
-        def step(x, y):
-            # As Trainer.train: losses stay on the device and are read back every log_every steps.
-            pending.append(trainer._train_step(x, y))
-            if len(pending) == config.log_every:
-                torch.stack(pending).tolist()
-                pending.clear()
+    def step(x, y):
+        # As Trainer.train: losses stay on the device and are read back every log_every steps.
+        pending.append(trainer._train_step(x, y))
+        if len(pending) == config.log_every:
+            torch.stack(pending).tolist()
+            pending.clear()
 
-        result = throughput(step, endless(loader.batches), seconds, warmup)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return result
+    return Throughput(step, endless(loader.batches), warmup, sync=lambda: synchronize(device))
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def training_flops_per_image(model_class, device) -> float:
@@ -187,7 +201,9 @@ def main(argv=None):
                         "synthetic images when none is found)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--seconds", type=cli.positive_float, default=8.0,
-                        help="timed seconds per measurement (after warm-up)")
+                        help="timed seconds per pipeline and model (after warm-up)")
+    parser.add_argument("--rounds", type=cli.positive_int, default=4,
+                        help="the pipelines take turns in this many slices of --seconds / --rounds")
     parser.add_argument("--warmup", type=cli.positive_int, default=5, help="untimed steps first")
     parser.add_argument("--workers", type=cli.non_negative_int, default=2,
                         help="DataLoader workers of the starter pipeline (the starter code used 2)")
@@ -203,28 +219,33 @@ def main(argv=None):
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     print(f"device: {device} ({name}); torch {torch.__version__}")
     print(f"data: {source}; batch {BATCH_SIZE}; --precision auto -> {auto}, channels-last "
-          f"{'on' if cli.uses_channels_last(auto, device) else 'off'}; {args.seconds:g} s per measurement")
+          f"{'on' if cli.uses_channels_last(auto, device) else 'off'}; {args.seconds:g} s per pipeline in {args.rounds} turns")
     peaks = {p: peak_matmul_flops(device, p) for p in sorted({"fp32", auto})}
     print("peak (2048x2048 matmul): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     print(f"\n{'model':8s} {'pipeline':34s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
 
     ratios = {}
     for key in args.models:
-        flops = training_flops_per_image(MODELS[key], device)
-        rows = [("(a) starter, PIL + 2 workers, fp32", "fp32",
-                 starter_images_per_s(MODELS[key], images, labels, device, args.seconds, args.warmup,
-                                      args.workers)),
-                ("(b) project, fp32", "fp32",
-                 project_images_per_s(MODELS[key], images, labels, device, "fp32", args.seconds, args.warmup)),
-                (f"(c) project, auto ({auto})", auto,
-                 project_images_per_s(MODELS[key], images, labels, device, auto, args.seconds, args.warmup))]
-        for label, precision, rate in rows:
-            achieved = rate * flops
-            print(f"{key:8s} {label:34s} {rate:9.0f} {achieved / 1e9:8.1f} {achieved / peaks[precision]:8.1%}",
-                  flush=True)
-        a, b, c = (rate for _, _, rate in rows)
+        model_class = MODELS[key]
+        flops = training_flops_per_image(model_class, device)
+        with tempfile.TemporaryDirectory() as run_dir:
+            rows = [(f"(a) starter, PIL + {args.workers} workers, fp32", "fp32",
+                     starter(model_class, images, labels, device, args.warmup, args.workers)),
+                    ("(b) project, fp32", "fp32",
+                     project(model_class, images, labels, device, "fp32", args.warmup, run_dir)),
+                    (f"(c) project, auto ({auto})", auto,
+                     project(model_class, images, labels, device, auto, args.warmup, run_dir))]
+            for _ in range(args.rounds):
+                for _, _, throughput in rows:
+                    throughput.run(args.seconds / args.rounds)
+        for label, precision, throughput in rows:
+            achieved = throughput.rate * flops
+            print(f"{key:8s} {label:34s} {throughput.rate:9.0f} {achieved / 1e9:8.1f} "
+                  f"{achieved / peaks[precision]:8.1%}", flush=True)
+        a, b, c = (throughput.rate for _, _, throughput in rows)
         ratios[key] = c / a
         print(f"{key:8s} {flops / 1e6:.1f} MFLOP per training image; b/a = {b / a:.2f}x, c/a = {c / a:.2f}x\n")
+        del rows  # stops the starter's DataLoader workers
     print("speedup " + " ".join(f"{key}={ratio:.1f}x" for key, ratio in ratios.items()))
 
 

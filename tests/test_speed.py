@@ -123,7 +123,7 @@ def test_project_batches_give_the_starter_pipelines_outputs(monkeypatch):
 
 
 def test_benchmark_prints_the_ratios_last(tmp_path):
-    result = run_script("benchmark.py", "--seconds", "0.3", "--warmup", "1", timeout=240)
+    result = run_script("benchmark.py", "--seconds", "0.3", "--rounds", "1", "--warmup", "1", timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup task2=\d+\.\dx model1=\d+\.\dx", lines[-1]), lines[-1]
