@@ -11,6 +11,7 @@ named with the problem, and the exit code is then 1.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
@@ -41,8 +42,8 @@ RUNS = [
     Run("task3d", "Task 3d", "python task3d.py", {"test": "a little over 0.80"}),
     Run("task4a", "Task 4a", "python task4a.py", {}),
 ]
-OTHER_FIGURES = [("task4b.png", "python task4b.py", "Task 4b: first-layer filters and activations"),
-                 ("task4c.png", "python task4c.py", "Task 4c: last conv layer activations")]
+VISUALISATIONS = [("task4b", "Task 4b (Figure 7): first-layer filters and activations"),
+                  ("task4c", "Task 4c: last conv stage activations")]
 
 
 def command_for(run: Run, runs_dir: Path) -> str:
@@ -142,7 +143,36 @@ def task3_section(runs_dir: Path, plot_dir: Path) -> tuple[list[str], list[str]]
     return messages, []
 
 
-def build_report(runs_dir: Path, plot_dir: Path) -> tuple[str, list[str], list[str]]:
+def visualisations(plot_dir: Path, image: Path | None = None) -> list[str]:
+    """Redraw Tasks 4b and 4c (a second each) when the ImageNet weights are already cached.
+
+    The report never downloads: without the weights it says which command makes the figure.
+    """
+    try:
+        import resnet
+    except ModuleNotFoundError as error:
+        if error.name != "resnet":
+            raise
+        return [f"{what}: not redrawn, resnet.py is not in this checkout" for _, what in VISUALISATIONS]
+    cached = resnet.weights_cache_dir() / resnet.WEIGHTS_FILE
+    lines = []
+    for name, what in VISUALISATIONS:
+        existing = Path(plot_dir) / f"{name}.png"
+        kept = f" (the existing `{existing}` is kept)" if existing.exists() else ""
+        if not cached.is_file():
+            lines.append(f"{what}: not redrawn, the ImageNet weights are not in {cached.parent} and "
+                         f"report.py does not download{kept}; make it with `python {name}.py`")
+            continue
+        try:
+            extra = ["--image", str(image)] if image else []
+            path = importlib.import_module(name).main(["--plot-dir", str(plot_dir), *extra])
+            lines.append(f"{what}: redrawn `{path}`")
+        except UserError as error:
+            lines.append(f"{what}: not redrawn ({error}){kept}; make it with `python {name}.py`")
+    return lines
+
+
+def build_report(runs_dir: Path, plot_dir: Path, image: Path | None = None) -> tuple[str, list[str], list[str]]:
     """Draw the figures; return the Markdown, the runs not shown, and problems worth exit 1."""
     loaded, absent, problems, figures = {}, [], [], []
     for run in RUNS:
@@ -174,11 +204,7 @@ def build_report(runs_dir: Path, plot_dir: Path) -> tuple[str, list[str], list[s
         out += [f"- {first}"] + (["", rest, ""] if rest else [])
     out.append("")
     out += ["## Figures", ""] + [f"- `{figure}`" for figure in figures]
-    for filename, command, what in OTHER_FIGURES:
-        present = (Path(plot_dir) / filename).exists()
-        out.append(f"- {what}: `{Path(plot_dir) / filename}` "
-                   + ("(made by `" + command + "`, not redrawn here)" if present
-                      else f"not made yet: run `{command}`"))
+    out += [f"- {line}" for line in visualisations(plot_dir, image)]
     out.append("")
     if absent:
         out += ["## Missing or unusable runs", ""] + [f"- {line}" for line in absent] + [""]
@@ -203,6 +229,8 @@ def main(argv=None):
                         help="folder holding one run directory per script (default: runs/)")
     parser.add_argument("--plot-dir", type=Path, default=cli.PLOT_DIR,
                         help="where figures and report.md are written (default: plots/)")
+    parser.add_argument("--image", type=Path, default=None,
+                        help="photo for the Task 4b/4c figures (default: task4b.py's, images/zebra.jpg)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     # A fresh checkout has no runs/ yet: the report then lists every command to run.
@@ -210,7 +238,7 @@ def main(argv=None):
         raise UserError(f"no run directories: {args.runs_dir} does not exist; train first "
                         "(e.g. python task2.py) or point --runs-dir at the folder holding them")
     check_writable(args.plot_dir)
-    text, absent, problems = build_report(args.runs_dir, args.plot_dir)
+    text, absent, problems = build_report(args.runs_dir, args.plot_dir, args.image)
     path = Path(args.plot_dir) / "report.md"
     path.write_text(text)
     print(text)

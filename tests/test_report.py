@@ -113,3 +113,29 @@ def test_metrics_without_splits_is_a_clear_error(runs, tmp_path):
     with pytest.raises(UserError):
         report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")])
     assert "lacks train/validation/test" in (tmp_path / "plots" / "report.md").read_text()
+
+
+def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypatch):
+    from PIL import Image
+    from torchvision.models import resnet18
+
+    import resnet
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    plots = tmp_path / "plots"
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    assert "the ImageNet weights are not in" in text and "python task4b.py" in text
+    assert not (plots / "task4b.png").exists()
+
+    # A stand-in for the cached ImageNet file (random weights, same layout): now both are redrawn.
+    import torch
+    cache = resnet.weights_cache_dir()
+    cache.mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), cache / resnet.WEIGHTS_FILE)
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (300, 200), (120, 80, 40)).save(photo)
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--image", str(photo)])
+    assert (plots / "task4b.png").stat().st_size > 5_000
+    assert (plots / "task4c.png").stat().st_size > 5_000
+    assert "redrawn" in (plots / "report.md").read_text()
