@@ -67,11 +67,24 @@ def check_history(history: dict, path: Path) -> None:
         raise UserError(f"{path} holds no training steps or no validation; rerun the script that writes it")
 
 
+def is_training(folder: Path) -> bool:
+    """True while a training process holds the run directory's lock."""
+    try:
+        lock = cli._lock(folder)
+    except UserError:
+        return True
+    if lock:
+        lock.close()
+    return False
+
+
 def load(run: Run, runs_dir: Path):
     """('ok', data) | ('missing', message) | ('unfinished', message) | ('broken', message)."""
     folder = Path(runs_dir) / run.name
     command = command_for(run, runs_dir)
     if not (folder / "metrics.json").exists():
+        if (folder / "last.pt").exists() and is_training(folder):
+            return "unfinished", f"{folder} is being trained right now; run report.py again when it ends"
         if (folder / "last.pt").exists():
             command = command.replace(" [--data-dir DIR]", " --resume [--data-dir DIR]")
         return "unfinished", f"{folder} is unfinished: continue it with `{command}`"

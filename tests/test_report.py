@@ -139,3 +139,15 @@ def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypat
     assert (plots / "task4b.png").stat().st_size > 5_000
     assert (plots / "task4c.png").stat().st_size > 5_000
     assert "redrawn" in (plots / "report.md").read_text()
+
+
+def test_run_in_progress_is_named(runs, tmp_path):
+    import cli
+
+    (runs / "task4a" / "history.json").write_text("{")  # being written: must not be read
+    lock = cli._lock(runs / "task4a")
+    try:
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")])
+    finally:
+        lock.close()
+    assert "task4a is being trained right now" in (tmp_path / "plots" / "report.md").read_text()
