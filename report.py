@@ -87,7 +87,7 @@ def load(run: Run, runs_dir: Path):
             return "unfinished", f"{folder} is being trained right now; run report.py again when it ends"
         if (folder / "last.pt").exists():
             command = command.replace(" [--data-dir DIR]", " --resume [--data-dir DIR]")
-        return "unfinished", f"{folder} is unfinished: continue it with `{command}`"
+            return "unfinished", f"{folder} is unfinished: continue it with `{command}`"
         return "missing", f"{folder} is missing: make it with `{command}`"
     try:
         data = read_run(folder)

@@ -59,7 +59,8 @@ def test_report_from_saved_runs(runs, tmp_path):
     assert report.count("image folders at /data/cifar10-jpeg") >= 4
     assert "Test CPU, 2 threads" in report
     # missing run named with the command that makes it; unfinished one with --resume
-    assert "python task3d.py" in report
+    assert "task3d is missing: make it with `python task3d.py" in report
+    assert "task3d is unfinished" not in report
     assert "python task4a.py" in report and "--resume" in report
     for figure in ("task2.png", "task3_model1.png", "task3_model2.png"):
         assert (plots / figure).stat().st_size > 10_000, figure
