@@ -6,10 +6,11 @@ For the Task 2 model and Task 3 Model 1, in one run, batch size 64, SGD:
   (b) project: the whole set in memory as uint8, normalised per batch on the training device,
       the Trainer's own training step, --precision fp32
   (c) project, --precision auto (bf16 autocast and channels-last where the hardware runs it fast)
-Each is timed in steady state (after warm-up steps) for --seconds. The achieved training FLOP/s
+Each is timed in steady state (after warm-up steps) for --seconds, the three taking turns so
+that load from other programs falls on all of them alike. The achieved training FLOP/s
 (forward + backward, counted with torch.utils.flop_counter) is set against the peak of a large
 matmul in the same precision on the same device. The last line, for scripts, is the c/a ratios:
-    speedup task2=3.1x model1=2.9x
+    speedup task2=X.Xx model1=Y.Yx
 Uses the CIFAR-10 found like the training scripts do (--data-dir, $CIFAR10_DIR, data/cifar10),
 else synthetic uint8 images (throughput does not depend on the pixel values).
 """
@@ -29,7 +30,7 @@ import cli
 import dataloaders
 from task2 import Task2Model
 from trainer import TrainConfig, Trainer
-from utils import resolve_precision, select_device, set_seed
+from utils import UserError, resolve_precision, select_device, set_seed
 
 try:
     from task3_model1 import Model1
@@ -250,4 +251,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
