@@ -48,7 +48,11 @@ def select_device(name: str = "auto") -> torch.device:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matrix instructions (AMX or AVX512-BF16)."""
-    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    # Private torch helpers: a torch without them gets fp32, the safe choice, instead of a crash.
+    # oneDNN is what runs bf16 convolutions fast; without it autocast would only add casts.
+    checks = [getattr(torch.cpu, name, lambda: False)
+              for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    return torch.backends.mkldnn.is_available() and any(check() for check in checks)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -128,3 +128,15 @@ def test_benchmark_prints_the_ratios_last(tmp_path):
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup task2=\d+\.\dx model1=\d+\.\dx", lines[-1]), lines[-1]
     assert any("(a) starter" in line for line in lines) and "GFLOP/s" in result.stdout
+
+
+def test_auto_is_fp32_when_torch_cannot_tell(monkeypatch):
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        monkeypatch.delattr(torch.cpu, name, raising=False)
+    assert resolve_precision("auto", CPU) == "fp32"
+
+
+def test_auto_is_fp32_without_onednn(monkeypatch):
+    fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    assert resolve_precision("auto", CPU) == "fp32"
