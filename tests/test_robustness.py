@@ -21,8 +21,8 @@ from conftest import ROOT, run_script
 from trainer import TrainConfig, Trainer, TrainingDiverged, read_run
 from utils import UserError, load_checkpoint, read_json, write_json
 
-# Three epochs of 10 steps and 6 validations; CPU fp32, so runs are bit-for-bit repeatable.
-TINY = ["--epochs", "3", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
+# Two epochs of 10 steps and 4 validations; CPU fp32, so runs are bit-for-bit repeatable.
+TINY = ["--epochs", "2", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
         "--device", "cpu", "--seed", "0"]
 
 
