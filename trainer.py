@@ -260,6 +260,10 @@ class Trainer:
         """Record losses, validate, keep the best weights; True when training should stop."""
         self._record_losses(pending_losses)
         result = self.evaluate(self.val_loader)
+        if not math.isfinite(result["loss"]):
+            # On a GPU the training loss is checked only every log_every steps, so weights can
+            # go bad just before a validation; they must not reach last.pt.
+            self._diverged([], torch.tensor(result["loss"]))
         point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **result}
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]

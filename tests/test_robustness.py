@@ -339,3 +339,20 @@ def test_ctrl_c_mid_step_or_mid_validation_resumes_exactly(where, folder_data, t
     assert resumed.history == reference.history
     for name, tensor in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
+
+
+def test_non_finite_validation_loss_is_divergence_and_keeps_last_good_checkpoint(folder_data, tmp_path):
+    # Stands in for the GPU path, where the training loss is checked only every log_every steps.
+    trainer = tiny_trainer(folder_data, tmp_path)
+    real_evaluate, calls = trainer.evaluate, []
+
+    def second_validation_is_nan(loader):
+        calls.append(1)
+        result = real_evaluate(loader)
+        return {**result, "loss": float("nan")} if len(calls) == 2 else result
+    trainer.evaluate = second_validation_is_nan
+    with pytest.raises(TrainingDiverged, match="diverged at step 10"):
+        trainer.train()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
+    assert load_checkpoint(tmp_path / "best.pt")["step"] == 5
+    assert [p["step"] for p in read_json(tmp_path / "history.json")["validation"]] == [5]
