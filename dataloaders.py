@@ -100,7 +100,9 @@ def _download(root: Path) -> None:
     print(f"CIFAR-10 not found in {root}; trying to download it with torchvision ...", file=sys.stderr)
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(30)  # an unreachable mirror should fail, not hang
-    created = not root.exists()
+    # Folders this attempt creates are removed again if it fails, so a mistyped --data-dir
+    # leaves nothing behind.
+    created = [folder for folder in [root, *root.parents] if not folder.exists()]
     try:
         root.mkdir(parents=True, exist_ok=True)
         torchvision.datasets.CIFAR10(str(root), train=True, download=True)
@@ -109,8 +111,9 @@ def _download(root: Path) -> None:
         partial = root / "cifar-10-python.tar.gz"
         if partial.exists() and find_layout(root) is None:
             partial.unlink()
-        if created and root.is_dir() and not any(root.iterdir()):
-            root.rmdir()
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     finally:
         socket.setdefaulttimeout(previous_timeout)
 

@@ -240,3 +240,14 @@ def test_shared_jpeg_copy(tmp_path_factory):
     train, val, test = dataloaders.load_cifar10(64, data_dir=root, download=False)
     assert (train.num_images, val.num_images, test.num_images) == (45000, 5000, 10000)
     assert torch.bincount(test.labels, minlength=10).tolist() == [1000] * 10
+
+
+def test_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with pytest.raises(UserError, match="could not be downloaded"):
+        dataloaders.load_raw(tmp_path / "typo" / "cifar10", download=True)
+    assert list(tmp_path.iterdir()) == []
