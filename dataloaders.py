@@ -305,8 +305,9 @@ class BatchLoader:
     """
 
     def __init__(self, images, labels, batch_size, transform=None, shuffle=False, augment=None,
-                 seed=0, name="", source="", rank=0, world_size=1):
+                 seed=0, name="", source="", rank=0, world_size=1, eval_batch_size=500):
         self.images, self.labels = images, labels
+        self.eval_batch_size = eval_batch_size
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.transform = transform or BatchTransform()
         self.name, self.source = name, source
@@ -322,11 +323,12 @@ class BatchLoader:
         # Training shards differ by up to one image; counting batches in the smallest keeps every
         # process at the same number of steps per epoch, which DistributedDataParallel needs.
         size = len(self.labels) // self.world_size if self.shuffle else self.num_images
-        count = math.ceil(size / self.batch_size)
-        # A last batch of one image would crash BatchNorm in training mode.
-        if self.shuffle and count > 1 and size % self.batch_size == 1:
-            count -= 1
-        return count
+        if self.shuffle:
+            # Training drops the last incomplete batch, as the starter code did (drop_last=True):
+            # a step on a handful of images is noisy enough to undo part of the epoch's progress
+            # (seen as a validation loss that jumped at every epoch end), and one image crashes BatchNorm.
+            return max(1, size // self.batch_size)
+        return math.ceil(size / self.batch_size)
 
     def batches(self, epoch: int = 0, start: int = 0):
         """Batches of `epoch`, skipping the first `start` (to resume mid-epoch)."""
@@ -344,6 +346,12 @@ class BatchLoader:
                 rank = (self.rank,) if self.world_size > 1 else ()
                 images = self.augment(images, _generator(self.seed, epoch, index, *rank))
             yield self.transform(images), self.labels[chosen]
+
+    def evaluation_batches(self):
+        """Every image of this process's shard once, in order, without augmentation."""
+        order = torch.arange(self.rank, len(self.labels), self.world_size, device=self.images.device)
+        for chosen in order.split(self.eval_batch_size):
+            yield self.transform(self.images[chosen]), self.labels[chosen]
 
     def __iter__(self):
         return self.batches(self.epoch)
@@ -392,5 +400,5 @@ def load_cifar10(batch_size: int, validation_fraction: float = 0.1, seed: int = 
             images[index].to(device), labels[index].to(device),
             batch_size if is_train else eval_batch_size, transform=transform, shuffle=is_train,
             augment=augment if is_train else None, seed=seed, name=name, source=raw.source,
-            rank=rank, world_size=world_size))
+            rank=rank, world_size=world_size, eval_batch_size=eval_batch_size))
     return tuple(loaders)

@@ -193,7 +193,7 @@ class Trainer:
                 dist.broadcast(buffer, src=0)
         self.model.eval()
         totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for images, labels in loader:
+        for images, labels in loader.evaluation_batches():
             with self._autocast():
                 logits = self.model(self._prepare(images))
             loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")

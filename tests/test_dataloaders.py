@@ -251,3 +251,14 @@ def test_failed_download_leaves_no_folders_behind(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="could not be downloaded"):
         dataloaders.load_raw(tmp_path / "typo" / "cifar10", download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_training_drops_the_incomplete_last_batch_but_evaluation_sees_every_image(folder_data):
+    train, val, _ = load(folder_data, augment=dataloaders.Augmentation())
+    batches = list(train.batches(epoch=0))
+    assert len(batches) == len(train) == 270 // 16 and all(len(b[1]) == 16 for b in batches)
+    evaluated = list(train.evaluation_batches())
+    assert sum(len(labels) for _, labels in evaluated) == 270
+    # Evaluation is never augmented: it equals the plain transform of the stored images.
+    assert torch.equal(torch.cat([x for x, _ in evaluated]), train.transform(train.images))
+    assert sum(len(labels) for _, labels in val.evaluation_batches()) == 30
