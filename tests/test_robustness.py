@@ -21,8 +21,10 @@ from conftest import ROOT, run_script
 from trainer import TrainConfig, Trainer, TrainingDiverged, read_run
 from utils import UserError, load_checkpoint, read_json, write_json
 
-# Two epochs of 10 steps and 4 validations; CPU fp32, so runs are bit-for-bit repeatable.
-TINY = ["--epochs", "2", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
+# Four epochs of 10 steps and 8 validations; CPU fp32, so runs are bit-for-bit repeatable. The
+# signal tests interrupt after the first checkpoint (step 5): the rest of the run must outlast
+# their 20 ms polling even on a fast, idle machine.
+TINY = ["--epochs", "4", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
         "--device", "cpu", "--seed", "0"]
 
 
