@@ -239,6 +239,9 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history, self.best = state["history"], state["best"]
+        # Derived, not stored: a run that stopped early stays stopped unless --early-stop-count grows.
+        self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
+                                               self.config.early_stop_count)
         self.train_seconds = state["train_seconds"]
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] is not None and self.device.type == "cuda":
@@ -304,7 +307,7 @@ class Trainer:
         pending, seen, last_time = [], 0, time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
-        stop = self.step >= self.total_steps
+        stop = self.step >= self.total_steps or self.early_stopped
         try:
             while not stop and self.epoch < self.config.epochs:
                 for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):

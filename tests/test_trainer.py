@@ -166,3 +166,18 @@ def test_divergence_stops_at_once_and_keeps_checkpoints(folder_data, tmp_path):
         trainer.train()
     history = utils.read_json(tmp_path / "history.json")
     assert not all(map(lambda v: v == v and abs(v) < float("inf"), history["train_loss"]["values"]))
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(folder_data, tmp_path, monkeypatch):
+    scripted_validation(monkeypatch, [1.0, 0.8, 0.9, 0.85, 0.95, 0.99])
+    stopped = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
+    stopped.train()
+    assert stopped.early_stopped
+    resumed = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
+    resumed.resume()
+    resumed.train()
+    assert resumed.early_stopped and resumed.step == stopped.step
+    # A larger patience on --resume lets the run continue.
+    patient = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=8)
+    patient.resume()
+    assert not patient.early_stopped
