@@ -227,6 +227,10 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
                            show_test=track_test)
         print(f"\n{title} (best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
         print(f"figure: {figure}\nrun directory: {args.run_dir}")
+    if world_size > 1:
+        # Every process leaves together: one tearing down its process group while rank 0 still
+        # writes the outputs could abort ("terminate called without an active exception").
+        dist.barrier()
     if lock:
         lock.close()
     return metrics
