@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
 from torch import nn
 
 # Activation functions the Task 3 scripts can switch between (--activation).
