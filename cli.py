@@ -219,10 +219,8 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
               f"validation / {test_loader.num_images * world_size} test images from {train_loader.source}; "
               f"{device} ({describe_device(device)}), {precision}, {world_size} process(es)", file=sys.stderr)
     trainer.train()
-    metrics = trainer.final_evaluation()
+    metrics = trainer.final_evaluation(started)
     if rank == 0:
-        metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
-        write_json(metrics, Path(args.run_dir) / "metrics.json")
         figure = plot_runs({title: trainer.history}, Path(args.plot_dir) / f"{args.name}.png", title=title,
                            show_test=track_test)
         print(f"\n{title} (best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")

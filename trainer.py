@@ -363,8 +363,11 @@ class Trainer:
 
     # ---------------------------------------------------------------- the end
 
-    def final_evaluation(self) -> dict:
-        """Reload the best weights and evaluate on the whole train, validation and test sets."""
+    def final_evaluation(self, started: float | None = None) -> dict:
+        """Reload the best weights and evaluate on the whole train, validation and test sets.
+
+        `started` (a time.perf_counter() value) adds the run's wall time to metrics.json.
+        """
         best = self.run_dir / "best.pt"
         if self.distributed:
             dist.barrier()  # rank 0 has finished writing best.pt
@@ -378,6 +381,8 @@ class Trainer:
             epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=self.early_stopped,
             train_seconds=round(self.train_seconds, 2),
             train_images_per_s=round(images_seen / self.train_seconds, 1) if self.train_seconds else None)
+        if started is not None:
+            metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
         if self.is_main:
             write_json(metrics, self.run_dir / "metrics.json")
         return metrics
