@@ -28,7 +28,8 @@ import torch.distributed as dist
 
 import dataloaders
 from trainer import OPTIMIZERS, TrainConfig, Trainer, format_final_table
-from utils import UserError, check_writable, plot_runs, resolve_precision, select_device, set_seed, write_json
+from utils import (UserError, check_writable, keep_freed_memory, plot_runs, resolve_precision, select_device,
+                   set_seed, write_json)
 
 ROOT = Path(__file__).resolve().parent
 PLOT_DIR = ROOT / "plots"
@@ -72,6 +73,10 @@ def make_parser(description: str, name: str, **defaults) -> argparse.ArgumentPar
     hp.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
     hp.add_argument("--momentum", type=non_negative_float, default=0.0)
     hp.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 regularisation")
+    hp.add_argument("--lookahead-every", type=non_negative_int, default=0, metavar="N",
+                    help="every N steps, continue from a running average of the weights (0: off)")
+    hp.add_argument("--lookahead-decay", type=fraction, default=0.95,
+                    help="per-step decay of that average at the end of training (it ramps up from 0)")
     hp.add_argument("--validation-fraction", type=fraction, default=0.1)
     hp.add_argument("--augment", action="store_true",
                     help="random horizontal flip and random 4-pixel-padded crop per batch")
@@ -179,6 +184,8 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
     set_seed(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    else:
+        keep_freed_memory()
     precision = resolve_precision(args.precision, device)
     if precision == "fp16" and device.type == "cpu":
         raise UserError("--precision fp16 is for CUDA; on a CPU use bf16 or fp32")
@@ -194,7 +201,8 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
         optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
         nesterov=getattr(args, "nesterov", False), label_smoothing=label_smoothing,
         validations_per_epoch=validations_per_epoch, max_steps=args.max_steps, precision=precision,
-        channels_last=uses_channels_last(precision, device), track_test=track_test)
+        channels_last=uses_channels_last(precision, device), track_test=track_test,
+        lookahead_every=args.lookahead_every, lookahead_decay=args.lookahead_decay)
     settings = {"script": args.name, "seed": args.seed, "validation_fraction": args.validation_fraction,
                 "augment": args.augment, "subset": args.subset, **(extra_config or {})}
     trainer = Trainer(model, train_loader, val_loader, test_loader, config, args.run_dir, device,
@@ -211,6 +219,7 @@ def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, e
                     "device": str(device), "device_name": describe_device(device),
                     "precision_requested": args.precision, "world_size": world_size,
                     "data_source": train_loader.source, "transform": repr(train_loader.transform),
+                    "augmentation": repr(train_loader.augment),
                     "parameters": sum(p.numel() for p in model.parameters()),
                     "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                     "model": repr(model), "versions": versions()},

@@ -10,6 +10,7 @@ folders `train/<class>/*.png|jpg` and `test/<class>/*` (decoded once, then cache
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -270,25 +271,61 @@ def imagenet_transform(size: int = 224) -> BatchTransform:
 
 @dataclass
 class Augmentation:
-    """Random horizontal flip and random crop after zero padding, drawn per image."""
-    flip: bool = True
-    crop_padding: int = 4
+    """Random horizontal flip and random translation by up to `crop_padding` pixels, drawn per image.
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    The border a translation uncovers is black (`padding_mode="constant"`, the usual padded random
+    crop) or the image's edge mirrored (`"reflect"`), which adds no black borders the test images lack.
+    `flip="alternate"` mirrors a random half of the images in the first epoch and then alternates
+    every image between mirrored and not, epoch after epoch (as airbench does): over two epochs each
+    image is seen both ways, where independent draws show a quarter of them one way only.
+    """
+    flip: bool | str = True
+    crop_padding: int = 4
+    padding_mode: str = "constant"
+
+    def __post_init__(self):
+        if self.padding_mode not in ("constant", "reflect"):
+            raise ValueError(f"padding_mode must be 'constant' or 'reflect', not {self.padding_mode!r}")
+        if self.flip not in (True, False, "alternate"):
+            raise ValueError(f"flip must be True, False or 'alternate', not {self.flip!r}")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator, indices: torch.Tensor | None = None,
+                 epoch: int = 0, seed: int = 0) -> torch.Tensor:
+        """`indices` (the images' positions in the dataset), `epoch` and `seed` drive alternating flips."""
         batch, channels, height, width = images.shape
         if self.crop_padding:
             pad = self.crop_padding
-            padded = F.pad(images, (pad, pad, pad, pad))
-            shifts = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator).to(images.device)
-            rows = (shifts[0, :, None] + torch.arange(height, device=images.device))[:, None, :, None]
-            cols = (shifts[1, :, None] + torch.arange(width, device=images.device))[:, None, None, :]
-            index_b = torch.arange(batch, device=images.device)[:, None, None, None]
-            index_c = torch.arange(channels, device=images.device)[None, :, None, None]
-            images = padded[index_b, index_c, rows, cols]
-        if self.flip:
+            device = images.device
+            shifts = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator).to(device) - pad
+            rows = shifts[0, :, None] + torch.arange(height, device=device)
+            cols = shifts[1, :, None] + torch.arange(width, device=device)
+            if self.padding_mode == "reflect":
+                source, rows, cols = images, _reflect(rows, height), _reflect(cols, width)
+            else:
+                source, rows, cols = F.pad(images, (pad, pad, pad, pad)), rows + pad, cols + pad
+            index_b = torch.arange(batch, device=device)[:, None, None, None]
+            index_c = torch.arange(channels, device=device)[None, :, None, None]
+            images = source[index_b, index_c, rows[:, None, :, None], cols[:, None, None, :]]
+        if self.flip == "alternate":
+            if indices is None:
+                raise ValueError("alternating flips need the images' dataset indices")
+            flips = _first_epoch_flips(seed)[indices.cpu() % (1 << 20)] ^ bool(epoch % 2)
+            images = torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
+        elif self.flip:
             flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
             images = torch.where(flips[:, None, None, None], images.flip(3), images)
         return images
+
+
+@functools.lru_cache(maxsize=4)
+def _first_epoch_flips(seed: int) -> torch.Tensor:
+    """A fixed random mirror state per dataset position (positions past 2**20 reuse them)."""
+    return torch.rand(1 << 20, generator=_generator(seed, "flips")) < 0.5
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Mirror indices that fall off either end of 0..size-1 back inside (edge not repeated)."""
+    return torch.where(index < 0, -index, torch.where(index >= size, 2 * (size - 1) - index, index))
 
 
 def _generator(*parts) -> torch.Generator:
@@ -344,7 +381,8 @@ class BatchLoader:
             if self.augment is not None:
                 # Per-process draws under torchrun, else every shard would get the same crops and flips.
                 rank = (self.rank,) if self.world_size > 1 else ()
-                images = self.augment(images, _generator(self.seed, epoch, index, *rank))
+                images = self.augment(images, _generator(self.seed, epoch, index, *rank), indices=chosen,
+                                      epoch=epoch, seed=self.seed)
             yield self.transform(images), self.labels[chosen]
 
     def evaluation_batches(self):

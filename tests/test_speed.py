@@ -2,6 +2,8 @@
 import json
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -140,3 +142,33 @@ def test_auto_is_fp32_without_onednn(monkeypatch):
     fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert resolve_precision("auto", CPU) == "fp32"
+
+
+KEEP_MEMORY_PROBE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from utils import keep_freed_memory
+kept = keep_freed_memory() if {keep} else False
+def faults_of_one_big_tensor():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(64 << 20, dtype=torch.uint8)   # 64 MiB, above glibc's largest mmap threshold
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+for warm_up in range(8):   # glibc settles after a few rounds
+    faults_of_one_big_tensor()
+print(kept, faults_of_one_big_tensor())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and page-fault counts")
+@pytest.mark.parametrize("keep", [False, True])
+def test_freed_activation_memory_is_reused_without_page_faults(keep):
+    # A training step frees and re-allocates the same large activations; without keep_freed_memory
+    # glibc unmaps them and every step page-faults them in again (64 MiB = 16,384 pages).
+    probe = KEEP_MEMORY_PROBE.format(root=str(cli.ROOT), keep=keep)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    kept, faults = result.stdout.split()
+    if keep:
+        assert kept == "True" and int(faults) < 1000
+    else:
+        assert int(faults) > 10000

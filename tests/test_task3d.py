@@ -21,9 +21,9 @@ def expected_parameters(widths, whiten=24, classes=10):
 
 def test_model_shapes_and_parameter_count():
     model = Task3dModel()
-    assert sum(p.numel() for p in model.parameters()) == expected_parameters((64, 128, 256)) == 1_160_376
+    assert sum(p.numel() for p in model.parameters()) == expected_parameters((64, 192, 256)) == 1_529_144
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == 1_160_376 - 24 * 3 * 2 * 2      # the whitening filters are not trained
+    assert trainable == 1_529_144 - 24 * 3 * 2 * 2      # the whitening filters are not trained
     x = torch.randn(6, 3, 32, 32)
     assert model(x).shape == (6, 10)
     assert model.feature_extractor[:3](x).shape == (6, 64, 15, 15)
@@ -31,6 +31,16 @@ def test_model_shapes_and_parameter_count():
     assert model(x).shape == (6, 10)
     small = Task3dModel((8, 16, 32))
     assert sum(p.numel() for p in small.parameters()) == expected_parameters((8, 16, 32))
+
+
+def test_without_whitening_bias_no_gradient_reaches_the_first_layer():
+    with_bias, without = Task3dModel((8, 16, 16)), Task3dModel((8, 16, 16), whitening_bias=False)
+    count = lambda model: sum(p.numel() for p in model.parameters())
+    assert count(with_bias) - count(without) == 24
+    whitened = without.feature_extractor[:2](torch.randn(4, 3, 32, 32))
+    # Nothing before the first 3x3 conv needs a gradient, so its backward skips the input gradient.
+    assert not whitened.requires_grad
+    assert with_bias.feature_extractor[:2](torch.randn(4, 3, 32, 32)).requires_grad
 
 
 def test_whitening_filters_decorrelate_training_patches():
@@ -50,22 +60,33 @@ def test_whitening_filters_decorrelate_training_patches():
     assert torch.equal(layer.weight, before)
 
 
-def test_flip_tta_makes_predictions_mirror_invariant_at_evaluation_only():
+def test_tta_levels_at_evaluation_only():
     torch.manual_seed(0)
-    model = Task3dModel((8, 16, 16))
+    model = Task3dModel((8, 16, 16), tta="flip")
     x = torch.randn(4, 3, 32, 32)
     model.train()
     model(x)
-    assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)
+    assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)   # training sees one view
     model.eval()
     with torch.no_grad():
-        assert torch.allclose(model(x), model(x.flip(3)), atol=1e-5)
-        model.flip_tta = False
-        assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)
+        plain = model.logits(x)
+        assert torch.allclose(model(x), model(x.flip(3)), atol=1e-5)  # flip: mirror-invariant
+        assert torch.allclose(model(x), (plain + model.logits(x.flip(3))) / 2, atol=1e-6)
+        model.tta = "none"
+        assert torch.equal(model(x), plain)
+        model.tta = "flip-translate"
+        # half the weight on the image and its mirror, half on both shifted one pixel up-left and down-right
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+        views = [x, padded[..., :32, :32], padded[..., 2:, 2:]]
+        mirrored = [(model.logits(v) + model.logits(v.flip(3))) / 2 for v in views]
+        expected = mirrored[0] / 2 + (mirrored[1] + mirrored[2]) / 4
+        assert torch.allclose(model(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="tta"):
+        Task3dModel((8, 16, 16), tta="rotate")
 
 
 def _is_translated_or_flipped(out, original, padding):
-    padded = torch.nn.functional.pad(original, (padding,) * 4)
+    padded = torch.nn.functional.pad(original[None], (padding,) * 4, mode="reflect")[0]
     for candidate in (padded, padded.flip(2)):
         for dy in range(2 * padding + 1):
             for dx in range(2 * padding + 1):
@@ -75,7 +96,7 @@ def _is_translated_or_flipped(out, original, padding):
 
 
 def test_augmentation_keeps_shapes_labels_and_is_off_at_evaluation(folder_data):
-    augmentation = dataloaders.Augmentation(flip=True, crop_padding=2)
+    augmentation = dataloaders.Augmentation(flip=True, crop_padding=2, padding_mode="reflect")
     train, val, test = dataloaders.load_cifar10(32, 0.2, seed=3, data_dir=folder_data, augment=augmentation)
     assert train.augment is augmentation and val.augment is None and test.augment is None
     identity = dataloaders.BatchTransform()
@@ -84,10 +105,8 @@ def test_augmentation_keeps_shapes_labels_and_is_off_at_evaluation(folder_data):
     assert images.shape == (32, 3, 32, 32) and labels.shape == (32,)
     assert torch.equal(labels, train.labels[order[:32]])
     originals = identity(train.images[order[:32]])
-    # Zero padding is 0 before normalisation: -mean/std afterwards.
-    background = (0 - 0.5) / 0.25
     for out, original in zip(images, originals):
-        padded_ok = _is_translated_or_flipped(out - background, original - background, 2)
+        padded_ok = _is_translated_or_flipped(out, original, 2)
         assert padded_ok, "an augmented image is not a flip/translation of its own original"
     changed = sum(not torch.equal(a, b) for a, b in zip(images, originals))
     assert changed > 16
@@ -131,12 +150,16 @@ def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
     assert (tmp_path / "a-plots" / "task3d.png").is_file()
     assert metrics["epochs"] <= 2 and metrics["steps"] == 2 * 8   # 270 // 32 full batches per epoch
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["widths"] == [8, 16, 16] and config["flip_tta"] and config["crop_padding"] == 2
+    assert config["widths"] == [8, 16, 16] and config["tta"] == "flip" and config["crop_padding"] == 2
+    assert "padding_mode='reflect'" in config["augmentation"] and config["train_config"]["lookahead_every"] == 5
     _, again = _tiny_run(folder_data, tmp_path, "b")
     assert again["test"] == metrics["test"] and again["train"] == metrics["train"]
 
 
-def test_bad_label_smoothing_is_a_usage_error(folder_data, tmp_path):
+def test_bad_label_smoothing_or_crop_padding_is_a_usage_error(folder_data, tmp_path):
     result = run_script("task3d.py", "--data-dir", folder_data, "--label-smoothing", "1.5",
                         "--run-dir", tmp_path / "r")
     assert result.returncode == 2 and "label-smoothing" in result.stderr
+    result = run_script("task3d.py", "--data-dir", folder_data, "--crop-padding", "32",
+                        "--run-dir", tmp_path / "r")
+    assert result.returncode == 2 and "--crop-padding 32 is out of range" in result.stderr

@@ -7,7 +7,7 @@ from torch import nn
 
 import dataloaders
 import utils
-from trainer import TrainConfig, Trainer, should_early_stop
+from trainer import Lookahead, TrainConfig, Trainer, should_early_stop
 
 
 def tiny_model():
@@ -69,8 +69,11 @@ def test_final_evaluation_covers_every_image(folder_data, tmp_path):
     trainer = make_trainer(folder_data, tmp_path, max_steps=3)
     trainer.train()
     metrics = trainer.final_evaluation()
-    # Recompute by hand over every image of each split with the best weights.
-    for split, loader in (("train", trainer.train_loader), ("test", trainer.test_loader)):
+    # Recompute by hand over every image of each split with the best weights (the validation
+    # numbers are those of the last validation, taken with these weights, not a second pass).
+    assert trainer.best["step"] == trainer.step == 3
+    for split, loader in (("train", trainer.train_loader), ("validation", trainer.val_loader),
+                          ("test", trainer.test_loader)):
         with torch.no_grad():
             logits = trainer.model.eval()(loader.transform(loader.images))
         loss = nn.functional.cross_entropy(logits, loader.labels).item()
@@ -106,11 +109,13 @@ def final_weights(trainer):
     return {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
 
 
-def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_path, monkeypatch):
-    reference = make_trainer(folder_data, tmp_path / "straight")
+@pytest.mark.parametrize("lookahead_every", [0, 3])
+def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_path, monkeypatch, lookahead_every):
+    # Interrupted at step 11, between two averaging steps: the average must come back from last.pt.
+    reference = make_trainer(folder_data, tmp_path / "straight", lookahead_every=lookahead_every)
     reference.train()
 
-    interrupted = make_trainer(folder_data, tmp_path / "resumed")
+    interrupted = make_trainer(folder_data, tmp_path / "resumed", lookahead_every=lookahead_every)
     original_step, calls = Trainer._train_step, []
 
     def step_then_interrupt(self, images, labels):
@@ -124,7 +129,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_pa
     monkeypatch.undo()
     assert utils.load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 11
 
-    resumed = make_trainer(folder_data, tmp_path / "resumed")
+    resumed = make_trainer(folder_data, tmp_path / "resumed", lookahead_every=lookahead_every)
     resumed.resume()
     assert resumed.step == 11
     resumed.train()
@@ -132,6 +137,32 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_pa
     for name, tensor in final_weights(reference).items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
     assert resumed.history == reference.history
+
+
+def test_lookahead_averages_every_n_steps_and_ends_on_the_average():
+    model = nn.Linear(2, 1, bias=False)
+    nn.init.zeros_(model.weight)
+    lookahead = Lookahead(model, every=2, decay=0.5)
+    assert lookahead.decay_at(0, 10) == 0 and lookahead.decay_at(10, 10) == pytest.approx(0.25)
+    assert lookahead.decay_at(5, 10) == pytest.approx(0.25 / 8)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lookahead.after_step(1, 10)                           # not an averaging step: nothing changes
+    assert torch.equal(model.weight, torch.ones(1, 2)) and torch.equal(lookahead.average["weight"], torch.zeros(1, 2))
+    lookahead.after_step(2, 10)                           # decay 0.25 * 0.2**3: almost all new weights
+    expected = 1 - 0.25 * 0.2 ** 3
+    assert torch.allclose(lookahead.average["weight"], torch.full((1, 2), expected))
+    assert torch.equal(model.weight, lookahead.average["weight"])   # training continues from the average
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    lookahead.after_step(7, 7)                            # the last step averages even off the grid
+    assert torch.allclose(model.weight, torch.full((1, 2), 0.25 * expected + 0.75 * 3))
+
+
+def test_lookahead_is_part_of_the_resume_signature(folder_data, tmp_path):
+    make_trainer(folder_data, tmp_path, max_steps=2).train()
+    with pytest.raises(utils.UserError, match="lookahead_every"):
+        make_trainer(folder_data, tmp_path, max_steps=2, lookahead_every=5).resume()
 
 
 def test_resume_can_extend_the_epoch_budget(folder_data, tmp_path):
