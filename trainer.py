@@ -416,12 +416,14 @@ class Trainer:
         best = self.run_dir / "best.pt"
         if self.distributed:
             dist.barrier()  # rank 0 has finished writing best.pt
-        if best.exists():
+        # When the best weights are the last ones (validated at this very step), they are already
+        # in memory and their validation numbers are known: no reload, no second validation pass.
+        at_best = self.best["step"] == self.step
+        if best.exists() and not at_best:
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         metrics = {"train": self.evaluate(self.train_loader)}
-        last = self.history["validation"][-1] if self.history["validation"] else {}
-        if last.get("step") == self.best["step"] == self.step:
-            # The best weights are the last ones validated: the same numbers, without a second pass.
+        if at_best:
+            last = self.history["validation"][-1]
             metrics["validation"] = {"loss": last["loss"], "accuracy": last["accuracy"]}
         else:
             metrics["validation"] = self.evaluate(self.val_loader)
