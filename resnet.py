@@ -222,17 +222,3 @@ def visualisation_parser(description: str, plot_dir: Path) -> argparse.ArgumentP
     parser.add_argument("--plot-dir", type=Path, default=plot_dir, help="where the figure is written")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
-
-
-def save_figure(figure, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
-    except OSError as error:
-        raise UserError(f"cannot write {path} ({error.strerror}); choose another --plot-dir") from None
-    finally:
-        plt.close(figure)
-    return path

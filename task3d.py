@@ -5,9 +5,11 @@ so that ten epochs, validation and the final evaluation fit in 15 minutes on two
 (bf16 autocast). The recipe re-derives the ideas of Keller Jordan's airbench and David Page's
 "How to train your ResNet" for a short schedule:
 
-- a frozen first layer of 2x2 filters that whitens the image patches (from training images);
-- three groups of conv 3x3 -> max-pool -> BN -> GELU -> conv 3x3 -> BN -> GELU, identity-initialised
-  convolutions, BatchNorm without a learnt scale and with a fast-learning shift;
+- a frozen first layer of 2x2 filters that whitens the image patches (from training images), its bias
+  trained for the first 3 epochs only;
+- three groups of conv 3x3 -> max-pool -> BN -> GELU -> conv 3x3 -> BN -> GELU (the last group, at
+  3x3 pixels, has a third conv -> BN -> GELU), identity-initialised convolutions, BatchNorm without a
+  learnt scale and with a fast-learning shift;
 - label smoothing 0.2, Nesterov SGD with a triangular learning-rate schedule (warm-up to the peak
   at 23% of the steps, then linear decay), weight averaging every 5 steps (lookahead);
 - per batch, on the device: flips that alternate from epoch to epoch and translations of up to
@@ -19,6 +21,7 @@ Writes plots/task3d.png (Figure 5) and runs/task3d/.
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 import torch.nn.functional as F
@@ -32,9 +35,10 @@ import dataloaders
 HYPERPARAMETERS = dict(epochs=10, batch_size=256, lr=0.375, momentum=0.85, weight_decay=1.3e-3,
                        optimizer="sgd", augment=True, early_stop_count=10, lookahead_every=5)
 WIDTHS = (64, 192, 256)
+DEPTHS = (2, 2, 3)  # convolutions per group: a third, cheap at 3x3 pixels, in the last
 TTA_LEVELS = ("none", "flip", "flip-translate")
 TTA = "flip"
-WHITENING_BIAS = True
+WHITENING_BIAS_EPOCHS = 3  # airbench's; later epochs skip the backward pass through the layer
 LABEL_SMOOTHING = 0.2
 CROP_PADDING = 2
 # The BatchNorm shift is stored divided by this gain, so plain SGD moves it gain**2 = 64 times
@@ -48,14 +52,18 @@ class WhiteningConv(nn.Conv2d):
     """2x2 convolution whose frozen filters whiten 2x2 patches: +/- each eigenvector / sqrt(eigenvalue).
 
     The filters are computed from the first training batch the model sees, so only training images
-    are used; the layer's bias (if any) is trained.
+    are used. The layer's bias (if any) is trained for the first `bias_train_steps` training steps
+    (None: always); after that no gradient flows back to the layer, and a step is ~7% cheaper.
     """
 
     def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4, bias: bool = True):
         super().__init__(in_channels, 2 * in_channels * kernel_size ** 2, kernel_size, padding=0, bias=bias)
         self.weight.requires_grad = False
         self.eps = eps
+        self.bias_train_steps: int | None = None
         self.register_buffer("initialised", torch.tensor(False))
+        # A buffer, so that a resumed run freezes the bias at the same step.
+        self.register_buffer("steps_trained", torch.tensor(0))
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
@@ -71,11 +79,21 @@ class WhiteningConv(nn.Conv2d):
             self.bias.zero_()
         self.initialised.fill_(True)
 
+    def bias_trains(self) -> bool:
+        if self.bias is None:
+            return False
+        return self.bias_train_steps is None or int(self.steps_trained) < self.bias_train_steps
+
     def forward(self, x):
-        if self.training and not self.initialised:
-            with torch.autocast(x.device.type, enabled=False):
-                self.fit(x)
-        return super().forward(x)
+        bias = self.bias
+        if self.training:
+            if not self.initialised:
+                with torch.autocast(x.device.type, enabled=False):
+                    self.fit(x)
+            if bias is not None and not self.bias_trains():
+                bias = bias.detach()
+            self.steps_trained += 1
+        return self._conv_forward(x, self.weight, bias)
 
 
 class ShiftOnlyBatchNorm(nn.BatchNorm2d):
@@ -99,14 +117,16 @@ def identity_conv(in_channels: int, out_channels: int) -> nn.Conv2d:
     return conv
 
 
-def conv_group(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        identity_conv(in_channels, out_channels), nn.MaxPool2d(2), ShiftOnlyBatchNorm(out_channels), nn.GELU(),
-        identity_conv(out_channels, out_channels), ShiftOnlyBatchNorm(out_channels), nn.GELU())
+def conv_group(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequential:
+    layers = [identity_conv(in_channels, out_channels), nn.MaxPool2d(2), ShiftOnlyBatchNorm(out_channels), nn.GELU()]
+    for _ in range(convs - 1):
+        layers += [identity_conv(out_channels, out_channels), ShiftOnlyBatchNorm(out_channels), nn.GELU()]
+    return nn.Sequential(*layers)
 
 
 class Task3dModel(nn.Module):
-    def __init__(self, widths=WIDTHS, num_classes: int = 10, tta: str = "flip", whitening_bias: bool = True):
+    def __init__(self, widths=WIDTHS, num_classes: int = 10, tta: str = "flip", whitening_bias: bool = True,
+                 depths=DEPTHS):
         super().__init__()
         if tta not in TTA_LEVELS:
             raise ValueError(f"tta must be one of {TTA_LEVELS}, not {tta!r}")
@@ -114,11 +134,15 @@ class Task3dModel(nn.Module):
         whiten = WhiteningConv(bias=whitening_bias)
         self.feature_extractor = nn.Sequential(
             whiten, nn.GELU(),                                          # 3x32x32 -> 24x31x31
-            conv_group(whiten.out_channels, widths[0]),                 # -> 15x15
-            conv_group(widths[0], widths[1]),                           # -> 7x7
-            conv_group(widths[1], widths[2]),                           # -> 3x3
+            conv_group(whiten.out_channels, widths[0], depths[0]),      # -> 15x15
+            conv_group(widths[0], widths[1], depths[1]),                # -> 7x7
+            conv_group(widths[1], widths[2], depths[2]),                # -> 3x3
             nn.MaxPool2d(3), nn.Flatten())                              # -> widths[2]
         self.classifier = nn.Linear(widths[2], num_classes, bias=False)
+
+    @property
+    def whitening(self) -> WhiteningConv:
+        return self.feature_extractor[0]
 
     def logits(self, x):
         return self.classifier(self.feature_extractor(x)) * LOGIT_SCALE
@@ -161,12 +185,15 @@ def main(argv=None):
                         help="Nesterov momentum")
     recipe.add_argument("--widths", type=cli.positive_int, nargs=3, default=list(WIDTHS),
                         metavar=("W1", "W2", "W3"), help="channels of the three conv groups")
+    recipe.add_argument("--depths", type=cli.positive_int, nargs=3, default=list(DEPTHS),
+                        metavar=("D1", "D2", "D3"), help="convolutions in each of the three groups")
     recipe.add_argument("--tta", choices=TTA_LEVELS, default=TTA,
                         help="test-time augmentation: average the predictions on each image and its "
                              "mirror image (flip), and on both shifted by one pixel (flip-translate)")
-    recipe.add_argument("--whitening-bias", action=argparse.BooleanOptionalAction, default=WHITENING_BIAS,
-                        help="train a bias for the whitening layer (without one no gradient flows back to "
-                             "it, and a step is about 8%% faster)")
+    recipe.add_argument("--whitening-bias-epochs", type=cli.non_negative_int, default=WHITENING_BIAS_EPOCHS,
+                        metavar="E", help="train the whitening layer's bias for the first E epochs, then freeze "
+                                          "it (steps without the backward pass through that layer are ~7%% "
+                                          "faster); 0: no bias")
     recipe.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
     recipe.add_argument("--crop-padding", type=cli.non_negative_int, default=CROP_PADDING,
                         help="random translation of up to this many pixels (with --augment)")
@@ -177,18 +204,28 @@ def main(argv=None):
         parser.error(f"--crop-padding {args.crop_padding} is out of range: a mirrored border must be "
                      "narrower than the 32-pixel image")
 
+    model = None
+
     def build_model():
-        model = Task3dModel(args.widths, tta=args.tta, whitening_bias=args.whitening_bias)
+        nonlocal model
+        model = Task3dModel(args.widths, tta=args.tta, whitening_bias=args.whitening_bias_epochs > 0,
+                            depths=args.depths)
         print(model)
         print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
         return model
 
-    return cli.train(args, build_model, title="Task 3d", scheduler_fn=triangular_schedule,
+    def schedule(optimizer, total_steps: int):
+        # total_steps spans --epochs (or --max-steps, which then scales the bias's share alike).
+        model.whitening.bias_train_steps = math.ceil(total_steps * args.whitening_bias_epochs / args.epochs)
+        return triangular_schedule(optimizer, total_steps)
+
+    return cli.train(args, build_model, title="Task 3d", scheduler_fn=schedule,
                      label_smoothing=args.label_smoothing, validations_per_epoch=1,
                      augmentation=dataloaders.Augmentation(flip="alternate", crop_padding=args.crop_padding,
                                                            padding_mode="reflect"),
-                     extra_config={"widths": args.widths, "tta": args.tta, "whitening_bias": args.whitening_bias,
-                                   "crop_padding": args.crop_padding, "nesterov": args.nesterov})
+                     extra_config={"widths": args.widths, "depths": args.depths, "tta": args.tta,
+                                   "crop_padding": args.crop_padding, "nesterov": args.nesterov,
+                                   "whitening_bias_epochs": args.whitening_bias_epochs})
 
 
 if __name__ == "__main__":

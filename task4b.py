@@ -12,6 +12,7 @@ import torch
 
 import cli
 import resnet
+import utils
 
 DEFAULT_INDICES = (14, 26, 32, 49, 52)
 
@@ -54,8 +55,8 @@ def main(argv=None):
     model = resnet.model_from_args(args)
     weights, activations = first_layer(model, image)
     title = f"First-layer filters and activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
-    path = resnet.save_figure(make_figure(weights, activations, args.indices, title),
-                              Path(args.plot_dir) / "task4b.png")
+    path = utils.save_figure(make_figure(weights, activations, args.indices, title),
+                             Path(args.plot_dir) / "task4b.png")
     print(f"figure: {path}")
     return path
 

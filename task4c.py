@@ -13,6 +13,7 @@ from torch import nn
 
 import cli
 import resnet
+import utils
 
 FEATURE_MAPS = 512
 
@@ -57,7 +58,7 @@ def main(argv=None):
     model = resnet.model_from_args(args)
     activations = last_stage(model, image)
     title = f"Last conv stage activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
-    path = resnet.save_figure(make_figure(activations, args.count, title), Path(args.plot_dir) / "task4c.png")
+    path = utils.save_figure(make_figure(activations, args.count, title), Path(args.plot_dir) / "task4c.png")
     print(f"figure: {path}")
     return path
 

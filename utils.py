@@ -210,10 +210,20 @@ def plot_runs(runs: dict, path: Path, title: str | None = None, show_test: bool 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: Path) -> Path:
+    """Write `figure` as a PNG atomically (a crash never leaves half an image) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
-    plt.close(figure)
+    try:
+        _atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    except OSError as error:
+        raise UserError(f"cannot write {path} ({error.strerror}); choose another --plot-dir") from None
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -10,27 +10,31 @@ from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, Task3dModel, Whit
                     triangular_schedule)
 
 
-def expected_parameters(widths, whiten=24, classes=10):
+def expected_parameters(widths, depths, whiten=24, classes=10):
     count = whiten * 3 * 2 * 2 + whiten                  # whitening filters (frozen) and bias
     previous = whiten
-    for width in widths:                                 # two 3x3 convs and two BN shifts per group
-        count += previous * width * 9 + width * width * 9 + 2 * width
+    for width, depth in zip(widths, depths):             # per group: 3x3 convs, each with a BN shift
+        count += previous * width * 9 + (depth - 1) * width * width * 9 + depth * width
         previous = width
     return count + widths[-1] * classes                  # linear classifier, no bias
 
 
 def test_model_shapes_and_parameter_count():
     model = Task3dModel()
-    assert sum(p.numel() for p in model.parameters()) == expected_parameters((64, 192, 256)) == 1_529_144
+    total = sum(p.numel() for p in model.parameters())
+    assert total == expected_parameters((64, 192, 256), (2, 2, 3)) == 2_119_224
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    assert trainable == 1_529_144 - 24 * 3 * 2 * 2      # the whitening filters are not trained
+    assert trainable == 2_119_224 - 24 * 3 * 2 * 2      # the whitening filters are not trained
     x = torch.randn(6, 3, 32, 32)
     assert model(x).shape == (6, 10)
     assert model.feature_extractor[:3](x).shape == (6, 64, 15, 15)
     model.eval()
     assert model(x).shape == (6, 10)
-    small = Task3dModel((8, 16, 32))
-    assert sum(p.numel() for p in small.parameters()) == expected_parameters((8, 16, 32))
+    small = Task3dModel((8, 16, 32), depths=(2, 2, 2))
+    assert sum(p.numel() for p in small.parameters()) == expected_parameters((8, 16, 32), (2, 2, 2))
+    deeper = Task3dModel((8, 16, 32), depths=(1, 2, 3))
+    assert sum(p.numel() for p in deeper.parameters()) == expected_parameters((8, 16, 32), (1, 2, 3))
+    assert deeper(x).shape == (6, 10)
 
 
 def test_without_whitening_bias_no_gradient_reaches_the_first_layer():
@@ -41,6 +45,33 @@ def test_without_whitening_bias_no_gradient_reaches_the_first_layer():
     # Nothing before the first 3x3 conv needs a gradient, so its backward skips the input gradient.
     assert not whitened.requires_grad
     assert with_bias.feature_extractor[:2](torch.randn(4, 3, 32, 32)).requires_grad
+
+
+def test_whitening_bias_trains_for_its_steps_only_and_resumes_frozen():
+    torch.manual_seed(0)
+    model = Task3dModel((8, 16, 16))
+    model.whitening.bias_train_steps = 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    has_gradient, biases = [], []
+    for _ in range(4):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        has_gradient.append(model.whitening.bias.grad is not None)
+        optimizer.step()
+        biases.append(model.whitening.bias.detach().clone())
+    assert has_gradient == [True, True, False, False]
+    assert not torch.equal(biases[0], biases[1])
+    assert torch.equal(biases[1], biases[2]) and torch.equal(biases[1], biases[3])  # no momentum, no decay
+    # Frozen, the first 3x3 conv's backward skips its input gradient, as with no bias at all.
+    assert not model.feature_extractor[:2](x).requires_grad
+    model.eval()
+    model(x)                                             # evaluation passes do not count
+    assert int(model.whitening.steps_trained) == 5       # the 4 steps and the training pass above
+    resumed = Task3dModel((8, 16, 16))
+    resumed.whitening.bias_train_steps = 2
+    resumed.load_state_dict(model.state_dict())          # a resumed run stays frozen
+    assert resumed.whitening.bias_trains() is False
 
 
 def test_whitening_filters_decorrelate_training_patches():
@@ -151,6 +182,7 @@ def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
     assert metrics["epochs"] <= 2 and metrics["steps"] == 2 * 8   # 270 // 32 full batches per epoch
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert config["widths"] == [8, 16, 16] and config["tta"] == "flip" and config["crop_padding"] == 2
+    assert config["whitening_bias_epochs"] == 3 and config["depths"] == [2, 2, 3]
     assert "padding_mode='reflect'" in config["augmentation"] and config["train_config"]["lookahead_every"] == 5
     _, again = _tiny_run(folder_data, tmp_path, "b")
     assert again["test"] == metrics["test"] and again["train"] == metrics["train"]

@@ -105,6 +105,25 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["best.pt"]  # no temporary file left behind
 
 
+def test_a_failed_figure_write_keeps_the_old_png(tmp_path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "figure.png"
+    utils.save_figure(plt.figure(), path)
+    before = path.read_bytes()
+    figure = plt.figure()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    figure.savefig = disk_full
+    with pytest.raises(utils.UserError, match="No space left on device"):
+        utils.save_figure(figure, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["figure.png"]
+    assert not plt.fignum_exists(figure.number)          # closed either way
+
+
 def final_weights(trainer):
     return {name: tensor.clone() for name, tensor in trainer.model.state_dict().items()}
 
