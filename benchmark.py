@@ -4,32 +4,46 @@ For the Task 2 model and Task 3 Model 1, in one run, batch size 64, SGD:
   (a) starter: a torchvision.datasets.CIFAR10-style Dataset over in-memory uint8 arrays,
       PIL.Image.fromarray -> ToTensor -> Normalize per image in a DataLoader with 2 workers, fp32
   (b) project: the whole set in memory as uint8, normalised per batch on the training device,
-      the Trainer's own training step, --precision fp32
-  (c) project, --precision auto (bf16 autocast and channels-last where the hardware runs it fast)
-Each is timed in steady state (after warm-up steps) for --seconds, the three taking turns so
+      the Trainer's own training step, --precision fp32, eager (no CUDA graph)
+  (c) project, as the task scripts run by default: --precision auto (bf16 autocast and
+      channels-last where the hardware runs it fast) and, on CUDA, each step replayed as a CUDA graph
+  (d) on CUDA only, the bound: (c)'s step alone, replayed on one batch already on the GPU (no data
+      pipeline, nothing else per step); (e) (c) in fp32, to show what --precision auto chose against
+Each is timed in steady state (after warm-up steps) for --seconds, the pipelines taking turns so
 that load from other programs falls on all of them alike. The achieved training FLOP/s
 (forward + backward, counted with torch.utils.flop_counter) is set against the peak of a large
 matmul in the same precision on the same device. The last line, for scripts, is the c/a ratios:
     speedup task2=X.Xx model1=Y.Yx
+--task3d also trains Task 3d end to end (python task3d.py, default settings) and prints its final test
+accuracy, wall time and where the time went.
 Uses the CIFAR-10 found like the training scripts do (--data-dir, $CIFAR10_DIR, data/cifar10),
 else synthetic uint8 images (throughput does not depend on the pixel values).
 """
 from __future__ import annotations
 
-import argparse
-import platform
-import tempfile
-import time
+import startup
 
-import torch
-from torch import nn
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-import cli
-import dataloaders
-from task2 import Task2Model
-from task3_model1 import Model1
-from trainer import TrainConfig, Trainer
-from utils import UserError, resolve_precision, select_device, set_seed
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+import dataloaders  # noqa: E402
+import hardware  # noqa: E402
+from task2 import Task2Model  # noqa: E402
+from task3_model1 import Model1  # noqa: E402
+from trainer import TrainConfig, Trainer  # noqa: E402
+from utils import UserError, set_seed  # noqa: E402
 
 MODELS = {"task2": Task2Model, "model1": Model1}
 BATCH_SIZE, LR = 64, 0.05
@@ -44,7 +58,7 @@ def load_images(data_dir, synthetic_count: int):
         raw = dataloaders.load_raw(root, download=False)
         return raw.train_images, raw.train_labels, raw.source
     if data_dir:
-        raise SystemExit(f"error: no CIFAR-10 in {root}; omit --data-dir to use synthetic images")
+        raise UserError(f"no CIFAR-10 in {root}; omit --data-dir to use synthetic images")
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (synthetic_count, 3, 32, 32), dtype=torch.uint8, generator=generator)
     labels = torch.randint(0, 10, (synthetic_count,), generator=generator)
@@ -87,7 +101,7 @@ class Throughput:
     def __init__(self, step, batches, warmup: int, sync=lambda: None):
         self.step, self.batches, self.sync = step, batches, sync
         self.images, self.seconds = 0, 0.0
-        for _ in range(warmup):  # one-off costs: kernel selection, the DataLoader workers' start-up
+        for _ in range(warmup):  # one-off costs: kernel selection, graph capture, the workers' start-up
             step(*next(batches))
         sync()
 
@@ -121,31 +135,32 @@ def starter(model_class, images, labels, device, warmup, workers) -> Throughput:
         loss.backward()
         optimizer.step()
 
-    return Throughput(step, endless(lambda: iter(loader)), warmup, sync=lambda: synchronize(device))
+    return Throughput(step, endless(lambda: iter(loader)), warmup, sync=lambda: hardware.synchronize(device))
 
 
-def project(model_class, images, labels, device, precision, warmup, run_dir) -> Throughput:
-    """The Trainer's training step over the project's BatchLoader, with cli.train's settings."""
+def project(model_class, images, labels, device, precision, cuda_graphs, warmup, run_dir,
+            fixed_batch: bool = False) -> Throughput:
+    """The Trainer's training step over the project's BatchLoader (or one fixed batch: the bound)."""
     set_seed(0)
     loader = dataloaders.BatchLoader(images.to(device), labels.to(device), BATCH_SIZE, shuffle=True)
-    config = TrainConfig(batch_size=BATCH_SIZE, lr=LR, precision=precision,
-                         channels_last=cli.uses_channels_last(precision, device))
+    config = TrainConfig(batch_size=BATCH_SIZE, lr=LR, precision=precision, cuda_graphs=cuda_graphs,
+                         channels_last=hardware.uses_channels_last(precision, device))
     trainer = Trainer(model_class(), loader, None, None, config, run_dir, device)
     pending = []
 
     def step(x, y):
         # As Trainer.train: losses stay on the device and are read back every log_every steps.
-        pending.append(trainer._train_step(x, y))
+        pending.append(trainer.train_step(x, y))
         if len(pending) == config.log_every:
             torch.stack(pending).tolist()
             pending.clear()
 
-    return Throughput(step, endless(loader.batches), warmup, sync=lambda: synchronize(device))
-
-
-def synchronize(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    if fixed_batch:
+        batch = next(loader.batches(0))
+        batches = endless(lambda: [batch])
+    else:
+        batches = endless(loader.batches)
+    return Throughput(step, batches, warmup, sync=lambda: hardware.synchronize(device))
 
 
 def training_flops_per_image(model_class, device) -> float:
@@ -167,21 +182,38 @@ def peak_matmul_flops(device, precision: str, repeats: int = 8) -> float:
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")
     for _ in range(repeats):
-        synchronize(device)
+        hardware.synchronize(device)
         started = time.perf_counter()
         torch.mm(a, b)
-        synchronize(device)
+        hardware.synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * size ** 3 / best
+
+
+def task3d_end_to_end(data_dir) -> str:
+    """python task3d.py with its defaults, timed from the outside (imports and start-up included)."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = [sys.executable, str(Path(__file__).with_name("task3d.py")), "--run-dir", f"{folder}/run",
+                   "--plot-dir", folder] + (["--data-dir", str(data_dir)] if data_dir else [])
+        started = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if result.returncode:
+            raise UserError(f"task3d.py failed: {result.stderr.strip().splitlines()[-1]}")
+        metrics = json.loads(Path(folder, "run", "metrics.json").read_text())
+    parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in metrics["seconds"].items())
+    return (f"task3d: test accuracy {metrics['test']['accuracy']:.4f} after {metrics['epochs']:g} epochs; "
+            f"{wall:.1f} s wall from the command line ({parts}); {metrics['train_images_per_s']:,.0f} "
+            "training images/s")
 
 
 # ---------------------------------------------------------------- report
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="CIFAR-10 folder (default: as the training scripts; "
                         "synthetic images when none is found)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--seconds", type=cli.positive_float, default=8.0,
                         help="timed seconds per pipeline and model (after warm-up)")
     parser.add_argument("--rounds", type=cli.positive_int, default=4,
@@ -190,21 +222,24 @@ def main(argv=None):
     parser.add_argument("--workers", type=cli.non_negative_int, default=2,
                         help="DataLoader workers of the starter pipeline (the starter code used 2)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--task3d", action="store_true", help="also train Task 3d end to end and time it")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
 
-    device = select_device(args.device)
-    if device.type == "cuda":
+    device = hardware.select_device(args.device)
+    graphs_on = device.type == "cuda"
+    if graphs_on:
         torch.backends.cudnn.benchmark = True
-    auto = resolve_precision("auto", device)
+    auto, why = hardware.resolve_precision("auto", device)
+    graphs_on = graphs_on and auto != "fp16"
     images, labels, source = load_images(args.data_dir, synthetic_count=10_000)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"device: {device} ({name}); torch {torch.__version__}")
-    print(f"data: {source}; batch {BATCH_SIZE}; --precision auto -> {auto}, channels-last "
-          f"{'on' if cli.uses_channels_last(auto, device) else 'off'}; {args.seconds:g} s per pipeline in {args.rounds} turns")
+    print(f"device: {device} ({hardware.describe_device(device)}); torch {torch.__version__}")
+    print(f"data: {source}; batch {BATCH_SIZE}; --precision auto -> {auto} ({why}), channels-last "
+          f"{'on' if hardware.uses_channels_last(auto, device) else 'off'}, CUDA graphs {'on' if graphs_on else 'off'}; "
+          f"{args.seconds:g} s per pipeline in {args.rounds} turns")
     peaks = {p: peak_matmul_flops(device, p) for p in sorted({"fp32", auto})}
     print("peak (large square matmul): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
-    print(f"\n{'model':8s} {'pipeline':34s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
+    print(f"\n{'model':8s} {'pipeline':42s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")
 
     ratios = {}
     for key in args.models:
@@ -213,26 +248,33 @@ def main(argv=None):
         with tempfile.TemporaryDirectory() as run_dir:
             rows = [(f"(a) starter, PIL + {args.workers} workers, fp32", "fp32",
                      starter(model_class, images, labels, device, args.warmup, args.workers)),
-                    ("(b) project, fp32", "fp32",
-                     project(model_class, images, labels, device, "fp32", args.warmup, run_dir)),
-                    (f"(c) project, auto ({auto})", auto,
-                     project(model_class, images, labels, device, auto, args.warmup, run_dir))]
+                    ("(b) project, fp32, eager", "fp32",
+                     project(model_class, images, labels, device, "fp32", False, args.warmup, run_dir)),
+                    (f"(c) project, default ({auto}{', CUDA graph' if graphs_on else ''})", auto,
+                     project(model_class, images, labels, device, auto, graphs_on, args.warmup, run_dir))]
+            if device.type == "cuda":
+                rows.append((f"(d) bound: (c)'s step on one batch", auto,
+                             project(model_class, images, labels, device, auto, graphs_on, args.warmup, run_dir,
+                                     fixed_batch=True)))
+                if auto != "fp32":  # what --precision auto chose it over
+                    rows.append(("(e) project, fp32, CUDA graph", "fp32",
+                                 project(model_class, images, labels, device, "fp32", graphs_on, args.warmup,
+                                         run_dir)))
             for _ in range(args.rounds):
                 for _, _, throughput in rows:
                     throughput.run(args.seconds / args.rounds)
         for label, precision, throughput in rows:
             achieved = throughput.rate * flops
-            print(f"{key:8s} {label:34s} {throughput.rate:9.0f} {achieved / 1e9:8.1f} "
+            print(f"{key:8s} {label:42s} {throughput.rate:9.0f} {achieved / 1e9:8.1f} "
                   f"{achieved / peaks[precision]:8.1%}", flush=True)
-        a, b, c = (throughput.rate for _, _, throughput in rows)
+        a, b, c = (throughput.rate for _, _, throughput in rows[:3])
         ratios[key] = c / a
         print(f"{key:8s} {flops / 1e6:.1f} MFLOP per training image; b/a = {b / a:.2f}x, c/a = {c / a:.2f}x\n")
         del rows  # stops the starter's DataLoader workers
+    if args.task3d:
+        print(task3d_end_to_end(args.data_dir), flush=True)
     print("speedup " + " ".join(f"{key}={ratio:.1f}x" for key, ratio in ratios.items()))
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as error:
-        raise SystemExit(f"error: {error}") from None
+    cli.main(main)

@@ -1,25 +1,25 @@
-"""Command-line plumbing shared by every training script.
+"""The command line every training script shares.
 
-A task script defines its model and default hyperparameters and calls:
+    parser = cli.training_parser(__doc__, "task2")          # the shared flags, with their defaults
+    args = cli.parse(parser, argv)                           # refuses what cannot work, exit 2
+    cli.for_each_seed(args, train)                           # one run, or one per --seeds value
 
-    parser = cli.make_parser(__doc__, "task2", epochs=10, batch_size=64, lr=0.05)
-    args = parser.parse_args(argv)
-    cli.train(args, build_model, title="Task 2")
-
-`train` prepares the run directory, loads the data, trains, evaluates on the whole
-train/validation/test sets, prints the table and draws `plots/<name>.png`.
-Errors end as one line on stderr: exit 2 for bad command-line input, 1 otherwise,
-130 after Ctrl-C (with a checkpoint to --resume from).
+The hyperparameter flags are generated from trainer.TrainConfig's fields, the rest from the table
+below; a task overrides defaults with keyword arguments and adds its own flags to the parser.
+`main` turns errors into one line and an exit code: 2 for bad command-line input, 1 otherwise,
+130 after Ctrl-C; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
+import importlib.util
 import math
 import os
-import platform
 import signal
+import statistics
 import sys
-import time
 import traceback
 from pathlib import Path
 
@@ -27,12 +27,13 @@ import torch
 import torch.distributed as dist
 
 import dataloaders
-from trainer import OPTIMIZERS, TrainConfig, Trainer, format_final_table
-from utils import (UserError, check_writable, keep_freed_memory, plot_runs, resolve_precision, select_device,
-                   set_seed, write_json)
+import hardware
+import runs
+from trainer import TrainConfig, TrainingInterrupted
+from utils import MAX_SEED, UserError
 
-ROOT = Path(__file__).resolve().parent
-PLOT_DIR = ROOT / "plots"
+# float32 holds magnitudes up to about 3.4e38; a larger learning rate would overflow inside torch.
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 # ---------------------------------------------------------------- argument types
@@ -46,7 +47,7 @@ def _number(kind, low, low_inclusive, high=None, what=""):
         too_low = value < low if low_inclusive else value <= low
         too_high = high is not None and value >= high
         # nan compares false with everything and inf would only surface as a diverged run.
-        if too_low or too_high or not math.isfinite(value):
+        if too_low or too_high or not math.isfinite(value) or abs(value) > FLOAT32_MAX:
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be {what}")
         return value
     return parse
@@ -54,221 +55,145 @@ def _number(kind, low, low_inclusive, high=None, what=""):
 
 positive_int = _number(int, 1, True, what=">= 1")
 non_negative_int = _number(int, 0, True, what=">= 0")
-positive_float = _number(float, 0.0, False, what="> 0")
-non_negative_float = _number(float, 0.0, True, what=">= 0")
+positive_float = _number(float, 0.0, False, what=f"> 0 (and at most {FLOAT32_MAX:.3g}, float32's largest)")
+non_negative_float = _number(float, 0.0, True, what=f">= 0 (and at most {FLOAT32_MAX:.3g}, float32's largest)")
 fraction = _number(float, 0.0, False, 1.0, what="strictly between 0 and 1")
+seed = _number(int, 0, True, MAX_SEED + 1, what=f"between 0 and {MAX_SEED} (2**32 - 1)")
+CHECKS = {("int", "positive"): positive_int, ("int", "non_negative"): non_negative_int,
+          ("float", "positive"): positive_float, ("float", "non_negative"): non_negative_float}
 
 
-def make_parser(description: str, name: str, **defaults) -> argparse.ArgumentParser:
-    """The flags every training script shares; `defaults` are the task's hyperparameters."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported in one line (not the whole usage) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in --help, and the script's docstring (layer tables) laid out as written."""
+
+
+def _field_kind(annotation: str) -> str:
+    return next(kind for kind in ("bool", "int", "float", "str") if kind in str(annotation))
+
+
+# ---------------------------------------------------------------- the shared flags
+
+def training_parser(description: str, name: str, **defaults) -> argparse.ArgumentParser:
+    """The flags every training script shares; `defaults` are where the task differs."""
+    parser = Parser(
+        description=description, formatter_class=HelpFormatter,
+        epilog=f"examples:\n  python {name}.py --max-steps 50 --subset 2000 --run-dir runs/{name}-smoke   "
+               f"# a smoke run in seconds\n  python {name}.py --seeds 0 1 2        # three runs, then mean ± std\n"
+               f"  python {name}.py --resume             # continue an interrupted run")
     parser.set_defaults(name=name)
-    hp = parser.add_argument_group("hyperparameters")
-    hp.add_argument("--epochs", type=positive_int, default=10)
-    hp.add_argument("--batch-size", type=positive_int, default=64)
-    hp.add_argument("--lr", type=positive_float, default=0.05, help="learning rate")
-    hp.add_argument("--early-stop-count", type=positive_int, default=4,
-                    help="stop after this many validations without a lower validation loss")
-    hp.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    hp.add_argument("--momentum", type=non_negative_float, default=0.0)
-    hp.add_argument("--weight-decay", type=non_negative_float, default=0.0, help="L2 regularisation")
-    hp.add_argument("--lookahead-every", type=non_negative_int, default=0, metavar="N",
-                    help="every N steps, continue from a running average of the weights (0: off)")
-    hp.add_argument("--lookahead-decay", type=fraction, default=0.95,
-                    help="per-step decay of that average at the end of training (it ramps up from 0)")
-    hp.add_argument("--validation-fraction", type=fraction, default=0.1)
-    hp.add_argument("--augment", action="store_true",
-                    help="random horizontal flip and random 4-pixel-padded crop per batch")
-    hp.add_argument("--seed", type=non_negative_int, default=0)
+    groups = {title: parser.add_argument_group(title) for title in ("hyperparameters", "data", "device",
+                                                                   "outputs", "smoke runs", "seeds and evaluation")}
+    for field in dataclasses.fields(TrainConfig):
+        meta = field.metadata
+        if not meta["flag"]:
+            continue
+        flag, kind = f"--{field.name.replace('_', '-')}", _field_kind(field.type)
+        if kind == "bool":
+            groups[meta["group"]].add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                               help=meta["help"])
+        elif meta["choices"]:
+            groups[meta["group"]].add_argument(flag, choices=meta["choices"], default=field.default, help=meta["help"])
+        else:
+            groups[meta["group"]].add_argument(flag, type=CHECKS[kind, meta["check"]], default=field.default,
+                                               metavar="N" if kind == "int" else None, help=meta["help"])
 
-    run = parser.add_argument_group("data, device and outputs")
-    run.add_argument("--data-dir", help="CIFAR-10 folder (default: $CIFAR10_DIR, else data/cifar10)")
-    run.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    run.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                     help="auto: bf16 autocast where the hardware runs it fast, else fp32")
-    run.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
-    run.add_argument("--run-dir", type=Path, default=None, help=f"default: runs/{name}")
-    run.add_argument("--plot-dir", type=Path, default=PLOT_DIR, help="where the figure is written")
-    run.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    run.add_argument("--overwrite", action="store_true",
-                     help="start over in a --run-dir that holds an unfinished run")
+    data = groups["data"]
+    data.add_argument("--data-dir", help="CIFAR-10 folder (default: $CIFAR10_DIR, else data/cifar10)")
+    data.add_argument("--seed", type=seed, default=0, help="seeds the model, the split and the augmentation")
+    data.add_argument("--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION)
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
+                      help="random horizontal flip and random 4-pixel-padded crop per batch")
 
-    quick = parser.add_argument_group("smoke runs")
-    quick.add_argument("--max-steps", type=positive_int, default=None,
-                       help="stop after N optimisation steps (the final evaluation still runs)")
-    quick.add_argument("--subset", type=positive_int, default=None,
-                       help="use only the first N images of each split")
-    quick.add_argument("--debug", action="store_true", help="show tracebacks")
+    device = groups["device"]
+    device.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, "
+                                                         "cuda:N or mps")
+    device.add_argument("--precision", choices=hardware.PRECISIONS, default="auto",
+                        help="auto: bf16 (or fp16) autocast where the hardware runs it fast, else fp32")
+    device.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                        help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: "
+                             "plain eager steps, for debugging)")
+    device.add_argument("--deterministic", action="store_true",
+                        help="bit-identical repeats on a GPU too: deterministic kernels, no cuDNN autotuning "
+                             "(slower; CPU runs are repeatable without it)")
+
+    outputs = groups["outputs"]
+    outputs.add_argument("--run-dir", type=Path, default=None, help=f"default: runs/{name}")
+    outputs.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="where the figure is written")
+    outputs.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    outputs.add_argument("--overwrite", action="store_true",
+                         help="start over in a --run-dir that holds a run (finished or not); its files are "
+                              "replaced when the new run saves its first checkpoint")
+    outputs.add_argument("--tensorboard", action="store_true",
+                         help="also log to <run-dir>/tensorboard (needs: pip install tensorboard)")
+
+    smoke = groups["smoke runs"]
+    smoke.add_argument("--subset", type=positive_int, default=None, help="use only the first N images of each split")
+    smoke.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    seeds = groups["seeds and evaluation"]
+    seeds.add_argument("--seeds", type=seed, nargs="+", default=None, metavar="K",
+                       help="one run per seed, into <run-dir>-seed<K>, then mean and spread of the results")
+    seeds.add_argument("--evaluate-only", action="store_true",
+                       help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json)")
     parser.set_defaults(**defaults)
     return parser
 
 
 def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then refuse flags that parse but cannot work here (one line, exit 2)."""
     args = parser.parse_args(argv)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
+    if args.evaluate_only and (args.resume or args.overwrite):
+        parser.error("--evaluate-only changes no run; drop --resume / --overwrite")
+    if args.seeds and len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+    try:
+        hardware.check_device(args.device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
+    except UserError as error:
+        parser.error(str(error))
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        parser.error("--tensorboard needs the tensorboard package: pip install tensorboard "
+                     "(or pip install -r requirements-test.txt)")
     return args
 
 
-# ---------------------------------------------------------------- run directories
+# ---------------------------------------------------------------- several seeds
 
-def _lock(run_dir: Path):
-    """An exclusive lock released by the OS when the process dies, even by SIGKILL."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no lock, but nothing else changes
-        return None
-    handle = open(run_dir / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise UserError(f"another run is writing to {run_dir}; wait for it to finish or choose "
-                        "another --run-dir") from None
-    return handle
-
-
-def prepare_outputs(args, is_main: bool = True):
-    """Fail before any training when outputs cannot be written or would clobber a run."""
-    if not is_main:
-        return None
-    run_dir = Path(args.run_dir)
-    check_writable(run_dir)
-    check_writable(args.plot_dir)
-    lock = _lock(run_dir)
-    unfinished = (run_dir / "last.pt").exists() and not (run_dir / "metrics.json").exists()
-    if unfinished and not (args.resume or args.overwrite):
-        if lock:  # a caller that catches this error (a notebook, a test) must not keep the lock
-            lock.close()
-        raise UserError(f"{run_dir} holds an unfinished run; continue it with --resume, or start over "
-                        "with --overwrite")
-    return lock
+def for_each_seed(args, train):
+    """`train(args)` once, or once per --seeds value into <run-dir>-seed<K>; then mean ± std."""
+    if not args.seeds:
+        return train(args)
+    base = runs.run_dir_of(args)
+    results = {}
+    for value in args.seeds:
+        one = copy.copy(args)
+        one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(base, value)
+        results[value] = train(one)
+    if runs.is_main_process():
+        print(seed_summary(results))
+    return results
 
 
-def clear_previous_run(run_dir: Path) -> None:
-    """A fresh run replaces the old one; done only once data and model are ready."""
-    for name in ("metrics.json", "last.pt", "best.pt", "history.json"):
-        (Path(run_dir) / name).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------- distributed (torchrun)
-
-def init_distributed(device_name: str):
-    """Rank, world size and device; a plain `python task.py` is a world of one."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1, select_device(device_name)
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    device = select_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-# ---------------------------------------------------------------- the run
-
-def train(args, build_model, *, title: str, transform=None, scheduler_fn=None, extra_config=None,
-          label_smoothing: float = 0.0, track_test: bool = False, validations_per_epoch: int = 2,
-          augmentation=None):
-    """Train `build_model()` with the settings in `args`; returns the final metrics.
-
-    Outputs go to `args.run_dir` (default runs/<args.name>) and `args.plot_dir`/<args.name>.png.
-    `augmentation` replaces the default dataloaders.Augmentation() used with --augment.
-    """
-    if args.run_dir is None:
-        args.run_dir = ROOT / "runs" / args.name
-    rank, world_size, device = init_distributed(args.device)
-    lock = prepare_outputs(args, is_main=rank == 0)
-    set_seed(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    else:
-        keep_freed_memory()
-    precision = resolve_precision(args.precision, device)
-    if precision == "fp16" and device.type == "cpu":
-        raise UserError("--precision fp16 is for CUDA; on a CPU use bf16 or fp32")
-    started = time.perf_counter()
-    train_loader, val_loader, test_loader = dataloaders.load_cifar10(
-        args.batch_size, args.validation_fraction, seed=args.seed, data_dir=args.data_dir,
-        device=device, transform=transform,
-        augment=(augmentation or dataloaders.Augmentation()) if args.augment else None,
-        subset=args.subset, rank=rank, world_size=world_size)
-    model = build_model()
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, early_stop_count=args.early_stop_count,
-        optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-        nesterov=getattr(args, "nesterov", False), label_smoothing=label_smoothing,
-        validations_per_epoch=validations_per_epoch, max_steps=args.max_steps, precision=precision,
-        channels_last=uses_channels_last(precision, device), track_test=track_test,
-        lookahead_every=args.lookahead_every, lookahead_decay=args.lookahead_decay)
-    settings = {"script": args.name, "seed": args.seed, "validation_fraction": args.validation_fraction,
-                "augment": args.augment, "subset": args.subset, **(extra_config or {})}
-    trainer = Trainer(model, train_loader, val_loader, test_loader, config, args.run_dir, device,
-                      scheduler_fn=scheduler_fn, settings=settings)
-    if args.compile:
-        trainer.network = torch.compile(trainer.network)
-    if args.resume:
-        trainer.resume()
-    elif rank == 0:
-        clear_previous_run(args.run_dir)
-    if rank == 0:
-        write_json({**vars(args), **settings, "train_config": vars(config), "title": title,
-                    "run_dir": str(args.run_dir), "plot_dir": str(args.plot_dir),
-                    "device": str(device), "device_name": describe_device(device),
-                    "precision_requested": args.precision, "world_size": world_size,
-                    "data_source": train_loader.source, "transform": repr(train_loader.transform),
-                    "augmentation": repr(train_loader.augment),
-                    "parameters": sum(p.numel() for p in model.parameters()),
-                    "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-                    "model": repr(model), "versions": versions()},
-                   Path(args.run_dir) / "config.json")
-        print(f"{title}: {train_loader.num_images * world_size} train / {val_loader.num_images * world_size} "
-              f"validation / {test_loader.num_images * world_size} test images from {train_loader.source}; "
-              f"{device} ({describe_device(device)}), {precision}, {world_size} process(es)", file=sys.stderr)
-    trainer.train()
-    metrics = trainer.final_evaluation(started)
-    if rank == 0:
-        figure = plot_runs({title: trainer.history}, Path(args.plot_dir) / f"{args.name}.png", title=title,
-                           show_test=track_test)
-        print(f"\n{title} (best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
-        print(f"figure: {figure}\nrun directory: {args.run_dir}")
-    if world_size > 1:
-        # Every process leaves together: one tearing down its process group while rank 0 still
-        # writes the outputs could abort ("terminate called without an active exception").
-        dist.barrier()
-    if lock:
-        lock.close()
-    return metrics
-
-
-def uses_channels_last(precision: str, device: torch.device) -> bool:
-    """Channels-last lets oneDNN / cuDNN pick their fast reduced-precision convolution kernels."""
-    return precision != "fp32" or device.type == "cuda"
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{cpu_name()}, {torch.get_num_threads()} threads"
-
-
-def cpu_name() -> str:
-    """The processor's marketing name where Linux tells it (platform.processor() says only x86_64)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def versions() -> dict:
-    import torchvision
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform()}
+def seed_summary(results: dict) -> str:
+    """Mean ± sample standard deviation over seeds of the final loss and accuracy of every split."""
+    seeds = list(results)
+    lines = [f"\nover {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± sample std, then each seed"]
+    for split in ("train", "validation", "test"):
+        for measure in ("loss", "accuracy"):
+            values = [results[s][split][measure] for s in seeds]
+            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+            lines.append(f"  {split} {measure:8s} {statistics.fmean(values):.4f} ± {spread:.4f}   "
+                         + "  ".join(f"{v:.4f}" for v in values))
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- error handling
@@ -279,24 +204,30 @@ def _sigterm_as_interrupt(signum, frame):
 
 def main(entry, argv=None) -> None:
     """Run `entry(argv)`; turn errors into one line and an exit code."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # startup.py made it quiet while torch loaded
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # e.g. a batch system's time limit
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         entry(argv)
-    except KeyboardInterrupt:
-        print("\ninterrupted: progress is saved in the run directory; continue with the same command "
-              "plus --resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        message = str(interrupt) if isinstance(interrupt, TrainingInterrupted) else \
+            "interrupted before any training: nothing was trained or saved by this command"
+        print(f"\n{message}", file=sys.stderr)
         sys.exit(130)
     except UserError as error:
         if debug:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(1)
-    except Exception as error:
+        sys.exit(error.exit_code)
+    except torch.OutOfMemoryError:
         if debug:
             traceback.print_exc()
-        print(f"error: {type(error).__name__}: {error} (run again with --debug for the traceback)",
-              file=sys.stderr)
+        print("error: out of memory on the GPU; lower --batch-size (or --subset)", file=sys.stderr)
+        sys.exit(1)
+    except Exception as error:
+        traceback.print_exc()
+        print(f"error: {type(error).__name__}: {error}\nThis is a bug in the project, not in how you ran it: "
+              "please report it with the command line and the traceback above.", file=sys.stderr)
         sys.exit(1)
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -25,16 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UserError
+from utils import UserError, save_checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cifar10"
 CIFAR_MEAN, CIFAR_STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CACHE_NAME = ".cifar10-uint8-cache.pt"
 CACHE_VERSION = 1
+# Evaluation batches: large enough to keep a GPU busy; on a CPU the size does not change the speed.
+EVAL_BATCH_SIZE = 500
+VALIDATION_FRACTION = 0.1
 
 
 @dataclass
@@ -129,11 +131,19 @@ def read_batches(folder: Path) -> RawCIFAR10:
         try:
             with open(path, "rb") as handle:
                 entry = pickle.load(handle, encoding="latin1")
-            images = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            data = entry["data"]
             labels = np.asarray(entry["labels"], dtype=np.int64)
         except Exception as error:
             raise UserError(f"{path} is truncated or not a CIFAR-10 batch ({type(error).__name__}); "
                             "download it again") from None
+        # A cast would wrap floats in 0..1 or 16-bit values into garbage that still trains.
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8:
+            kind = data.dtype if isinstance(data, np.ndarray) else type(data).__name__
+            raise UserError(f"{path} holds {kind} pixels; CIFAR-10 batches hold uint8 values 0..255 "
+                            "(download it again, or convert the data to uint8)")
+        if data.size != len(labels) * 3 * 32 * 32:
+            raise UserError(f"{path} is not a CIFAR-10 batch ({data.size} pixel values for {len(labels)} labels)")
+        images = data.reshape(-1, 3, 32, 32)
         if len(images) != len(labels) or len(labels) == 0 or labels.min() < 0 or labels.max() > 9:
             raise UserError(f"{path} is not a CIFAR-10 batch (labels outside 0..9 or count mismatch)")
         return torch.from_numpy(images), torch.from_numpy(labels)
@@ -146,7 +156,15 @@ def read_batches(folder: Path) -> RawCIFAR10:
 
 # ---------------------------------------------------------------- image folders
 
+def image_suffixes() -> set[str]:
+    """Every file suffix Pillow reads (.png, .jpg, .bmp, .webp, ...)."""
+    from PIL import Image
+
+    return {suffix for suffix, name in Image.registered_extensions().items() if name in Image.OPEN}
+
+
 def _list_image_files(folder: Path, split: str):
+    """(files, labels, skipped): hidden files (macOS's ._* AppleDouble files, .DS_Store) are ignored."""
     split_dir = Path(folder) / split
     present = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     missing, extra = sorted(set(CLASSES) - present), sorted(present - set(CLASSES))
@@ -155,14 +173,22 @@ def _list_image_files(folder: Path, split: str):
                                           extra and f"unexpected {', '.join(extra)}"]))
         raise UserError(f"{split_dir} must hold exactly the ten CIFAR-10 class folders "
                         f"({', '.join(CLASSES)}): {problem}")
-    files, labels = [], []
+    suffixes = image_suffixes()
+    files, labels, skipped = [], [], []
     for label, name in enumerate(CLASSES):
-        found = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        folder = split_dir / name
+        # os.scandir knows which entries are files without a stat call each (60,000 of them).
+        with os.scandir(folder) as scan:
+            entries = sorted((entry.name, entry.is_file()) for entry in scan if not entry.name.startswith("."))
+        found = [folder / n for n, is_file in entries if is_file and os.path.splitext(n)[1].lower() in suffixes]
+        if len(found) < len(entries):
+            readable = {path.name for path in found}
+            skipped += [folder / n for n, _ in entries if n not in readable]
         if not found:
-            raise UserError(f"{split_dir / name} holds no .png or .jpg images")
+            raise UserError(f"{folder} holds no images")
         files += found
         labels += [label] * len(found)
-    return files, labels
+    return files, labels, skipped
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -170,7 +196,17 @@ def _decode(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+            if image.mode.startswith("I;16"):
+                # 16-bit greyscale: Pillow's convert("RGB") would clip every value above 255 to white.
+                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                array = np.repeat(grey[..., None], 3, axis=2)
+            elif image.mode in ("I", "F"):
+                raise UserError(f"{path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
+                                "pixels; save it as an 8- or 16-bit image")
+            else:
+                array = np.asarray(image.convert("RGB"))
+    except UserError:
+        raise
     except Exception as error:
         raise UserError(f"cannot decode {path} ({type(error).__name__}: {error}); "
                         "replace or delete the file") from None
@@ -180,20 +216,34 @@ def _decode(path: Path) -> np.ndarray:
 
 
 def _fingerprint(files) -> str:
+    """Names, sizes and modification times of every image: any change makes the cache stale."""
     digest = hashlib.sha1(f"v{CACHE_VERSION}".encode())
     for path in files:
-        stat = path.stat()
+        stat = os.stat(path)
         digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _cache_path(folder: Path) -> Path:
-    """Beside the images when that folder is writable, else in the user's cache folder."""
+def _cache_paths(folder: Path) -> list[Path]:
+    """Where the cache may be: beside the images, then in the user's cache folder."""
     folder = Path(folder).resolve()
-    if os.access(folder, os.W_OK):
-        return folder / CACHE_NAME
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifar10-cnn"
-    return base / f"{hashlib.sha1(str(folder).encode()).hexdigest()[:16]}.pt"
+    return [folder / CACHE_NAME, base / f"{hashlib.sha1(str(folder).encode()).hexdigest()[:16]}.pt"]
+
+
+def _cache_problem(cache, fingerprint: str) -> str | None:
+    """Why `cache` cannot be used ("out of date", "corrupt"), or None when it is valid."""
+    if not isinstance(cache, dict) or not all(isinstance(cache.get(f"{split}_{what}"), torch.Tensor)
+                                              for split in ("train", "test") for what in ("images", "labels")):
+        return "is corrupt"
+    if cache.get("fingerprint") != fingerprint:
+        return "is out of date"
+    for split in ("train", "test"):
+        images, labels = cache[f"{split}_images"], cache[f"{split}_labels"]
+        if (images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, 32, 32)
+                or labels.dtype != torch.int64 or len(labels) != len(images)):
+            return "is corrupt"
+    return None
 
 
 def _read_cache(path: Path, fingerprint: str):
@@ -201,40 +251,41 @@ def _read_cache(path: Path, fingerprint: str):
         return None
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
-        assert cache["fingerprint"] == fingerprint, "stale"
-        for split in ("train", "test"):
-            images, labels = cache[f"{split}_images"], cache[f"{split}_labels"]
-            assert images.dtype == torch.uint8 and images.shape[1:] == (3, 32, 32)
-            assert labels.dtype == torch.int64 and len(labels) == len(images)
-        return cache
-    except Exception as error:
-        reason = "is out of date" if str(error) == "stale" else "is corrupt"
-        print(f"cache {path} {reason}; rebuilding it from the images", file=sys.stderr)
+    except Exception:
+        cache = None
+    problem = _cache_problem(cache, fingerprint)
+    if problem:
+        print(f"cache {path} {problem}; rebuilding it from the images", file=sys.stderr)
         return None
+    return cache
 
 
 def read_image_folders(folder: Path) -> RawCIFAR10:
     listing = {split: _list_image_files(folder, split) for split in ("train", "test")}
+    skipped = listing["train"][2] + listing["test"][2]
+    if skipped:
+        print(f"skipped {len(skipped)} file(s) in {folder} that are not images Pillow reads "
+              f"(e.g. {skipped[0]})", file=sys.stderr)
     fingerprint = _fingerprint(listing["train"][0] + listing["test"][0])
-    cache_path = _cache_path(folder)
-    cache = _read_cache(cache_path, fingerprint)
+    beside, elsewhere = _cache_paths(folder)
+    # A valid cache beside read-only images is used as it is; a new one goes wherever it can be written.
+    cache = _read_cache(beside, fingerprint) or _read_cache(elsewhere, fingerprint)
+    cache_path = beside if os.access(beside.parent, os.W_OK) else elsewhere
     if cache is None:
         cache = {"fingerprint": fingerprint}
-        total = sum(len(files) for files, _ in listing.values())
+        total = sum(len(files) for files, _, _ in listing.values())
         print(f"decoding {total} images in {folder} once; later runs read the cache {cache_path}",
               file=sys.stderr)
         # Pillow releases the GIL while decoding, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for split, (files, labels) in listing.items():
+            for split, (files, labels, _) in listing.items():
                 arrays = list(pool.map(_decode, files, chunksize=256))
                 cache[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
                 cache[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
         try:
-            from utils import save_checkpoint
             save_checkpoint(cache, cache_path)
-        except OSError as error:
-            print(f"could not write the cache {cache_path} ({error.strerror}); continuing without it",
-                  file=sys.stderr)
+        except UserError as error:
+            print(f"{error}; continuing without the cache", file=sys.stderr)
     return RawCIFAR10(cache["train_images"], cache["train_labels"], cache["test_images"],
                       cache["test_labels"], source=f"image folders at {folder}")
 
@@ -296,7 +347,7 @@ class Augmentation:
         if self.crop_padding:
             pad = self.crop_padding
             device = images.device
-            shifts = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator).to(device) - pad
+            shifts = torch.randint(0, 2 * pad + 1, (2, batch), generator=generator).to(device, non_blocking=True) - pad
             rows = shifts[0, :, None] + torch.arange(height, device=device)
             cols = shifts[1, :, None] + torch.arange(width, device=device)
             if self.padding_mode == "reflect":
@@ -309,18 +360,19 @@ class Augmentation:
         if self.flip == "alternate":
             if indices is None:
                 raise ValueError("alternating flips need the images' dataset indices")
-            flips = _first_epoch_flips(seed)[indices.cpu() % (1 << 20)] ^ bool(epoch % 2)
-            images = torch.where(flips.to(images.device)[:, None, None, None], images.flip(3), images)
+            flips = _first_epoch_flips(seed, indices.device)[indices % (1 << 20)] ^ bool(epoch % 2)
+            images = torch.where(flips[:, None, None, None], images.flip(3), images)
         elif self.flip:
-            flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+            flips = (torch.rand(batch, generator=generator) < 0.5).to(images.device, non_blocking=True)
             images = torch.where(flips[:, None, None, None], images.flip(3), images)
         return images
 
 
 @functools.lru_cache(maxsize=4)
-def _first_epoch_flips(seed: int) -> torch.Tensor:
-    """A fixed random mirror state per dataset position (positions past 2**20 reuse them)."""
-    return torch.rand(1 << 20, generator=_generator(seed, "flips")) < 0.5
+def _first_epoch_flips(seed: int, device: torch.device) -> torch.Tensor:
+    """A fixed random mirror state per dataset position (positions past 2**20 reuse them), kept on
+    the device of the indices so that looking them up needs no copy back to the host."""
+    return (torch.rand(1 << 20, generator=_generator(seed, "flips")) < 0.5).to(device)
 
 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
@@ -335,21 +387,21 @@ def _generator(*parts) -> torch.Generator:
 
 
 class BatchLoader:
-    """Iterates (images, labels) batches over tensors already in memory.
+    """Batches of (images, labels) from tensors already in memory (on the training device).
 
     The order of epoch `e` depends only on (seed, e), and augmentation of batch `b` only on
     (seed, e, b), so a run resumed in the middle of an epoch sees exactly the same batches.
+    Training takes `batches(epoch)`; evaluation `evaluation_batches()`.
     """
 
     def __init__(self, images, labels, batch_size, transform=None, shuffle=False, augment=None,
-                 seed=0, name="", source="", rank=0, world_size=1, eval_batch_size=500):
+                 seed=0, source="", rank=0, world_size=1, eval_batch_size=EVAL_BATCH_SIZE):
         self.images, self.labels = images, labels
         self.eval_batch_size = eval_batch_size
         self.batch_size, self.shuffle, self.augment, self.seed = batch_size, shuffle, augment, seed
         self.transform = transform or BatchTransform()
-        self.name, self.source = name, source
+        self.source, self.classes = source, CLASSES
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
 
     @property
     def num_images(self) -> int:
@@ -367,32 +419,43 @@ class BatchLoader:
             return max(1, size // self.batch_size)
         return math.ceil(size / self.batch_size)
 
+    def _order(self, epoch: int) -> torch.Tensor:
+        """Dataset positions in the order epoch `epoch` visits them, all processes together."""
+        if self.shuffle:
+            return torch.randperm(len(self.labels), generator=_generator(self.seed, epoch))
+        return torch.arange(len(self.labels))
+
+    def _augmented(self, chosen: torch.Tensor, epoch: int, *key) -> torch.Tensor:
+        """The transformed images at `chosen`, augmented with draws keyed by (seed, epoch, *key)."""
+        images = self.images[chosen]
+        if self.augment is not None:
+            images = self.augment(images, _generator(self.seed, epoch, *key), indices=chosen, epoch=epoch,
+                                  seed=self.seed)
+        return self.transform(images)
+
     def batches(self, epoch: int = 0, start: int = 0):
         """Batches of `epoch`, skipping the first `start` (to resume mid-epoch)."""
-        device = self.images.device
-        if self.shuffle:
-            order = torch.randperm(len(self.labels), generator=_generator(self.seed, epoch))
-        else:
-            order = torch.arange(len(self.labels))
-        order = order[self.rank::self.world_size].to(device)
+        # non_blocking: a blocking copy to a GPU would wait for all the work queued before it.
+        order = self._order(epoch)[self.rank::self.world_size].to(self.images.device, non_blocking=True)
+        # Per-process draws under torchrun, else every shard would get the same crops and flips.
+        rank = (self.rank,) if self.world_size > 1 else ()
         for index in range(start, len(self)):
             chosen = order[index * self.batch_size:(index + 1) * self.batch_size]
-            images = self.images[chosen]
-            if self.augment is not None:
-                # Per-process draws under torchrun, else every shard would get the same crops and flips.
-                rank = (self.rank,) if self.world_size > 1 else ()
-                images = self.augment(images, _generator(self.seed, epoch, index, *rank), indices=chosen,
-                                      epoch=epoch, seed=self.seed)
-            yield self.transform(images), self.labels[chosen]
+            yield self._augmented(chosen, epoch, index, *rank), self.labels[chosen]
+
+    def training_sample(self, count: int) -> torch.Tensor:
+        """The first `count` images of epoch 0, augmented as its first batch: the same on every process.
+
+        With one process and `count` = the batch size, exactly the first training batch.
+        """
+        chosen = self._order(0)[:count].to(self.images.device, non_blocking=True)
+        return self._augmented(chosen, 0, 0)
 
     def evaluation_batches(self):
         """Every image of this process's shard once, in order, without augmentation."""
         order = torch.arange(self.rank, len(self.labels), self.world_size, device=self.images.device)
         for chosen in order.split(self.eval_batch_size):
             yield self.transform(self.images[chosen]), self.labels[chosen]
-
-    def __iter__(self):
-        return self.batches(self.epoch)
 
 
 def split_indices(count: int, validation_fraction: float, seed: int = 0):
@@ -408,8 +471,8 @@ def split_indices(count: int, validation_fraction: float, seed: int = 0):
     return order[num_val:], order[:num_val]
 
 
-def load_cifar10(batch_size: int, validation_fraction: float = 0.1, seed: int = 0, data_dir=None,
-                 device="cpu", transform=None, augment=None, eval_batch_size: int = 500,
+def load_cifar10(batch_size: int, validation_fraction: float = VALIDATION_FRACTION, seed: int = 0, data_dir=None,
+                 device="cpu", transform=None, augment=None, eval_batch_size: int = EVAL_BATCH_SIZE,
                  subset: int | None = None, rank: int = 0, world_size: int = 1, download: bool = True):
     """Train, validation and test loaders over CIFAR-10 held in memory.
 
@@ -437,6 +500,6 @@ def load_cifar10(batch_size: int, validation_fraction: float = 0.1, seed: int = 
         loaders.append(BatchLoader(
             images[index].to(device), labels[index].to(device),
             batch_size if is_train else eval_batch_size, transform=transform, shuffle=is_train,
-            augment=augment if is_train else None, seed=seed, name=name, source=raw.source,
+            augment=augment if is_train else None, seed=seed, source=raw.source,
             rank=rank, world_size=world_size, eval_batch_size=eval_batch_size))
     return tuple(loaders)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 import dataloaders
+from cli import HelpFormatter, Parser
+from runs import PLOT_DIR, ROOT
 from utils import UserError
 
-ROOT = Path(__file__).resolve().parent
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
 WEIGHTS_FILE = IMAGENET_WEIGHTS.url.rsplit("/", 1)[-1]  # resnet18-f37072fd.pth
@@ -129,10 +131,6 @@ def set_trainable(model: nn.Module, finetune: str = "last") -> nn.Module:
     return model
 
 
-def transfer_model(weights: str = "imagenet", finetune: str = "last") -> nn.Module:
-    return set_trainable(replace_head(pretrained_resnet18(weights)), finetune)
-
-
 # ---------------------------------------------------------------- models to look at (4b, 4c)
 
 def trained_resnet18(checkpoint) -> nn.Module:
@@ -163,14 +161,22 @@ def load_image(path, size: int = 224) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"--image {path} is a folder; pass one image file, e.g. --image {path / 'zebra.jpg'}")
     if not path.is_file():
         hint = (f"copy the assignment's zebra.jpg to {ROOT / DEFAULT_IMAGE} or pass --image PATH"
                 if path == DEFAULT_IMAGE or path == ROOT / DEFAULT_IMAGE else "pass an existing file with --image")
         raise UserError(f"image {path} does not exist; {hint}")
     try:
-        with Image.open(path) as image:
-            # PIL's resize filters the whole photo (antialiasing) before sampling 224x224.
-            pixels = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+        with warnings.catch_warnings():
+            # Pillow only warns between its pixel limit and twice that; refuse the whole range alike.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                # PIL's resize filters the whole photo (antialiasing) before sampling 224x224.
+                pixels = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(f"--image {path} is too large: Pillow refuses images above {Image.MAX_IMAGE_PIXELS:,} "
+                        "pixels (a guard against decompression bombs); pass a smaller photo") from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise UserError(f"{path} is not an image Pillow can read ({type(error).__name__}); "
                         "pass a .jpg or .png with --image") from None
@@ -213,9 +219,8 @@ def add_weights_arguments(parser: argparse.ArgumentParser, checkpoint: bool = Tr
                            help="a task4a.py checkpoint (runs/task4a/best.pt) to look at instead")
 
 
-def visualisation_parser(description: str, plot_dir: Path) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def visualisation_parser(description: str, plot_dir: Path = PLOT_DIR) -> argparse.ArgumentParser:
+    parser = Parser(description=description, formatter_class=HelpFormatter)
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE,
                         help="photo to pass through the network (the assignment ships images/zebra.jpg)")
     add_weights_arguments(parser)

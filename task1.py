@@ -13,14 +13,20 @@ formula (W - F + 2P) / S + 1. Exit code 1 when any answer differs from the repor
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import startup
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-import task2
+import argparse  # noqa: E402
+import sys  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+import task2  # noqa: E402
 
 # The assignment's image (Figure 1a) and the Laplacian kernel; the kernel is symmetric
 # under a 180-degree turn, so convolution and cross-correlation give the same result here.
@@ -106,7 +112,7 @@ def answers() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = cli.Parser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     ours = answers()

@@ -5,44 +5,41 @@
 """
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
+import startup
 
-import cli
-from trainer import read_run
-from utils import UserError, format_metrics_table, plot_runs
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-# run directory name -> (label, the command that makes it)
-RUNS = {
-    "task3_model1": ("Model 1", "python task3_model1.py"),
-    "task3_model2": ("Model 2", "python task3_model2.py"),
-    "task3c_before": ("before deepening", "python task3_model1.py --convs-per-stage 1"),
-}
-REPORTED = {"Model 1": {"train": 0.913, "validation": 0.805, "test": 0.810},
-            "Model 2": {"train": 0.960, "validation": 0.767, "test": 0.763}}
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cli  # noqa: E402
+import figures  # noqa: E402
+import runs  # noqa: E402
+from registry import BY_NAME, metrics_table, published_text  # noqa: E402
+from utils import UserError, write_text  # noqa: E402
 
 
 def load_runs(runs_dir: Path, names) -> tuple[dict, list[str]]:
     """The runs that exist, and a message naming the command for each one that does not."""
     found, missing = {}, []
     for name in names:
-        label, command = RUNS[name]
-        if not (Path(runs_dir) / name / "metrics.json").exists():
-            missing.append(f"missing run {Path(runs_dir) / name}: make it with `{command}`")
+        folder = Path(runs_dir) / name
+        if not (folder / "metrics.json").exists():
+            missing.append(f"missing run {folder}: make it with `{BY_NAME[name].command}`")
             continue
-        found[name] = read_run(Path(runs_dir) / name)
+        found[name] = runs.read_run(folder)
     return found, missing
 
 
-def table_markdown(runs: dict) -> str:
-    columns = {RUNS[name][0]: run["metrics"] for name, run in runs.items()}
-    lines = [format_metrics_table(columns), "", "Reported accuracy (original CIFAR-10): "
-             + "; ".join(f"{label}: train {r['train']:.3f}, validation {r['validation']:.3f}, test {r['test']:.3f}"
-                         for label, r in REPORTED.items() if label in columns)]
-    sources = sorted({run["config"].get("data_source", "?") for run in runs.values()})
-    lines.append(f"Our data: {'; '.join(sources)}.")
-    return "\n".join(lines)
+def table_markdown(models: dict) -> str:
+    columns = {BY_NAME[name].label: run["metrics"] for name, run in models.items()}
+    published = "; ".join(f"{BY_NAME[name].label}: " + ", ".join(
+        f"{split} {published_text(BY_NAME[name], split)}" for split in ("train", "validation", "test"))
+        for name in models)
+    sources = sorted({run["config"].get("data", {}).get("source", "?") for run in models.values()})
+    return "\n".join([metrics_table(columns), "", f"Reported accuracy (original CIFAR-10): {published}",
+                      f"Our data: {'; '.join(sources)}."])
 
 
 def task3_outputs(runs_dir: Path, plot_dir: Path) -> list[str]:
@@ -51,29 +48,30 @@ def task3_outputs(runs_dir: Path, plot_dir: Path) -> list[str]:
     models, missing = load_runs(runs_dir, ["task3_model1", "task3_model2"])
     messages += missing
     if len(models) == 2:
-        figure = plot_runs({RUNS[n][0]: run["history"] for n, run in models.items()},
-                           Path(plot_dir) / "task3_comparison.png", title="Task 3b: Model 1 vs Model 2")
+        figure = figures.training_curves({BY_NAME[n].label: run["history"] for n, run in models.items()},
+                                         Path(plot_dir) / "task3_comparison.png", title="Task 3b: Model 1 vs Model 2")
         table = table_markdown(models)
         table_path = Path(plot_dir) / "task3_table.md"
-        table_path.write_text("# Task 3b\n\n" + table + "\n")
+        write_text("# Task 3b\n\n" + table + "\n", table_path)
         messages += [f"wrote {figure}", f"wrote {table_path}:\n{table}"]
     deepening, missing = load_runs(runs_dir, ["task3c_before", "task3_model1"])
     messages += [m for m in missing if m not in messages]
     if len(deepening) == 2:
         before, after = (deepening[n]["metrics"]["test"]["accuracy"] for n in ("task3c_before", "task3_model1"))
-        figure = plot_runs({"before deepening": deepening["task3c_before"]["history"],
-                            "after (Model 1)": deepening["task3_model1"]["history"]},
-                           Path(plot_dir) / "task3c_deepening.png", show_test=True,
-                           title=f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
-                                 f"({100 * (after - before):+.1f} points)")
+        figure = figures.training_curves(
+            {"before deepening": deepening["task3c_before"]["history"],
+             "after (Model 1)": deepening["task3_model1"]["history"]},
+            Path(plot_dir) / "task3c_deepening.png", show_test=True,
+            title=f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
+                  f"({100 * (after - before):+.1f} points)")
         messages.append(f"wrote {figure}")
     return messages
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", type=Path, default=cli.ROOT / "runs")
-    parser.add_argument("--plot-dir", type=Path, default=cli.PLOT_DIR)
+    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs-dir", type=Path, default=runs.RUNS_DIR)
+    parser.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     messages = task3_outputs(args.runs_dir, args.plot_dir)

@@ -1,22 +1,26 @@
-"""Task 3, Model 1: depth and batch normalisation (report: train 0.913, val 0.805, test 0.810).
+"""Task 3, Model 1: depth and batch normalisation.
 
 Conv 5x5 (padding 2, stride 1) everywhere, max-pool 2x2:
     conv 32 + ReLU, BatchNorm | conv 32 + ReLU, max-pool
     conv 64 + ReLU, BatchNorm | conv 64 + ReLU, max-pool
     conv 128 + ReLU, BatchNorm | conv 128 + ReLU, max-pool
     flatten, FC 512 + ReLU, FC 64 + ReLU, FC 10
-SGD, learning rate 0.05, batch size 64, early stopping as in Task 2.
+The shared recipe (SGD, learning rate 0.05, batch size 64, early stopping as in Task 2); the test
+loss is tracked at every validation for the Task 3c figure.
 
 --convs-per-stage 1 trains the Task 3c "before deepening" network instead (one conv +
-ReLU + BatchNorm + max-pool per stage, same head) into runs/task3c_before; the test loss
-is tracked at every validation so task3_compare.py can draw Figure 4.
+ReLU + BatchNorm + max-pool per stage, same head) into runs/task3c_before.
 """
-from torch import nn
+import startup
 
-import cli
-from utils import ACTIVATIONS
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-HYPERPARAMETERS = dict(epochs=10, batch_size=64, lr=0.05, early_stop_count=4, optimizer="sgd")
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+from runs import Run  # noqa: E402
+from utils import ACTIVATIONS  # noqa: E402
 
 
 class Model1(nn.Module):
@@ -42,18 +46,23 @@ class Model1(nn.Module):
 
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__, "task3_model1", **HYPERPARAMETERS)
+    parser = cli.training_parser(__doc__, "task3_model1", track_test=True)
     parser.add_argument("--activation", choices=ACTIVATIONS, default="relu")
     parser.add_argument("--convs-per-stage", type=int, choices=(1, 2), default=2,
                         help="1: the Task 3c network before deepening (runs/task3c_before)")
     args = cli.parse(parser, argv)
-    deep = args.convs_per_stage == 2
-    if not deep:
+    if args.convs_per_stage == 1:
         args.name = "task3c_before"
-    return cli.train(args, lambda: Model1(args.convs_per_stage, args.activation),
-                     title="Task 3 Model 1" if deep else "Task 3c before deepening",
-                     extra_config={"activation": args.activation, "convs_per_stage": args.convs_per_stage},
-                     track_test=True)
+    return cli.for_each_seed(args, train)
+
+
+def train(args):
+    deep = args.convs_per_stage == 2
+    run = Run.start(args, title="Task 3 Model 1" if deep else "Task 3c before deepening")
+    train_loader, val_loader, test_loader = run.load_cifar10()
+    trainer = run.trainer(Model1(args.convs_per_stage, args.activation), train_loader, val_loader, test_loader)
+    trainer.fit()
+    return run.finish(trainer)
 
 
 if __name__ == "__main__":

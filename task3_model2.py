@@ -1,19 +1,23 @@
-"""Task 3, Model 2: more and smaller filters (report: train 0.960, val 0.767, test 0.763).
+"""Task 3, Model 2: more and smaller filters.
 
 Conv 3x3 with padding 2 (which GROWS each map by 2 pixels, as in the report), max-pool 2x2:
     conv 64 + ReLU, max-pool     32 -> 34 -> 17
     conv 128 + ReLU, max-pool    17 -> 19 -> 9
     conv 256 + ReLU, max-pool     9 -> 11 -> 5
     flatten (256 x 5 x 5 = 6400), FC 512 + ReLU, FC 10
-SGD, learning rate 0.05, batch size 64, early stopping as in Task 2.
+The shared recipe (SGD, learning rate 0.05, batch size 64, early stopping as in Task 2).
 """
-import torch
-from torch import nn
+import startup
 
-import cli
-from utils import ACTIVATIONS
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-HYPERPARAMETERS = dict(epochs=10, batch_size=64, lr=0.05, early_stop_count=4, optimizer="sgd")
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+from runs import Run  # noqa: E402
+from utils import ACTIVATIONS  # noqa: E402
 
 
 class Model2(nn.Module):
@@ -36,11 +40,17 @@ class Model2(nn.Module):
 
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__, "task3_model2", **HYPERPARAMETERS)
+    parser = cli.training_parser(__doc__, "task3_model2")
     parser.add_argument("--activation", choices=ACTIVATIONS, default="relu")
-    args = cli.parse(parser, argv)
-    return cli.train(args, lambda: Model2(args.activation), title="Task 3 Model 2",
-                     extra_config={"activation": args.activation})
+    return cli.for_each_seed(cli.parse(parser, argv), train)
+
+
+def train(args):
+    run = Run.start(args, title="Task 3 Model 2")
+    train_loader, val_loader, test_loader = run.load_cifar10()
+    trainer = run.trainer(Model2(args.activation), train_loader, val_loader, test_loader)
+    trainer.fit()
+    return run.finish(trainer)
 
 
 if __name__ == "__main__":

@@ -3,44 +3,55 @@
 A plain VGG-like network with batch normalisation, in the spirit of the report's models, sized
 so that ten epochs, validation and the final evaluation fit in 15 minutes on two CPU cores
 (bf16 autocast). The recipe re-derives the ideas of Keller Jordan's airbench and David Page's
-"How to train your ResNet" for a short schedule:
+"How to train your ResNet" for a short schedule; all of it is in this file:
 
-- a frozen first layer of 2x2 filters that whitens the image patches (from training images), its bias
-  trained for the first 3 epochs only;
+- a frozen first layer of 2x2 filters that whitens the image patches, fitted on training images
+  before the first step (FitWhitening), its bias trained for the first 3 epochs only (FreezeWhiteningBias);
 - three groups of conv 3x3 -> max-pool -> BN -> GELU -> conv 3x3 -> BN -> GELU (the last group, at
   3x3 pixels, has a third conv -> BN -> GELU), identity-initialised convolutions, BatchNorm without a
   learnt scale and with a fast-learning shift;
 - label smoothing 0.2, Nesterov SGD with a triangular learning-rate schedule (warm-up to the peak
-  at 23% of the steps, then linear decay), weight averaging every 5 steps (lookahead);
+  at 23% of the steps, then linear decay), weight averaging every 5 steps (Lookahead);
 - per batch, on the device: flips that alternate from epoch to epoch and translations of up to
   2 pixels with mirrored borders;
-- test-time augmentation: the prediction averages the logits of the image and its mirror image.
+- test-time augmentation as the evaluation function: the prediction averages the logits of the
+  image and its mirror image.
 
 Writes plots/task3d.png (Figure 5) and runs/task3d/.
 """
 from __future__ import annotations
 
-import argparse
-import math
+import startup
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-import cli
-import dataloaders
+import argparse  # noqa: E402
+import math  # noqa: E402
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+import dataloaders  # noqa: E402
+from runs import Run  # noqa: E402
+from trainer import Callback  # noqa: E402
 
 # lr and weight decay per image as airbench's (lr 0.75 at batch 512); batch 256 trains as fast
 # on the CPU and measured +0.2 points over 512.
-HYPERPARAMETERS = dict(epochs=10, batch_size=256, lr=0.375, momentum=0.85, weight_decay=1.3e-3,
-                       optimizer="sgd", augment=True, early_stop_count=10, lookahead_every=5)
+RECIPE = dict(epochs=10, batch_size=256, lr=0.375, momentum=0.85, weight_decay=1.3e-3, optimizer="sgd",
+              augment=True, early_stop_count=10, validations_per_epoch=1)
 WIDTHS = (64, 192, 256)
 DEPTHS = (2, 2, 3)  # convolutions per group: a third, cheap at 3x3 pixels, in the last
 TTA_LEVELS = ("none", "flip", "flip-translate")
 TTA = "flip"
+WHITENING_IMAGES = 256  # one batch's worth, augmented as the first batch (what the recipe was tuned with)
 WHITENING_BIAS_EPOCHS = 3  # airbench's; later epochs skip the backward pass through the layer
 LABEL_SMOOTHING = 0.2
 CROP_PADDING = 2
+LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 5, 0.95
 # The BatchNorm shift is stored divided by this gain, so plain SGD moves it gain**2 = 64 times
 # faster than the weights (airbench's "bias scaler") without a separate parameter group.
 BIAS_GAIN = 8.0
@@ -48,22 +59,18 @@ LOGIT_SCALE = 1 / 9  # small initial logits keep the early, high-learning-rate s
 WARMUP_FRACTION, START_FACTOR, END_FACTOR = 0.23, 0.2, 0.07
 
 
+# ---------------------------------------------------------------- the model
+
 class WhiteningConv(nn.Conv2d):
     """2x2 convolution whose frozen filters whiten 2x2 patches: +/- each eigenvector / sqrt(eigenvalue).
 
-    The filters are computed from the first training batch the model sees, so only training images
-    are used. The layer's bias (if any) is trained for the first `bias_train_steps` training steps
-    (None: always); after that no gradient flows back to the layer, and a step is ~7% cheaper.
+    `fit` computes the filters from training images (FitWhitening calls it before the first step).
     """
 
     def __init__(self, in_channels: int = 3, kernel_size: int = 2, eps: float = 5e-4, bias: bool = True):
         super().__init__(in_channels, 2 * in_channels * kernel_size ** 2, kernel_size, padding=0, bias=bias)
         self.weight.requires_grad = False
         self.eps = eps
-        self.bias_train_steps: int | None = None
-        self.register_buffer("initialised", torch.tensor(False))
-        # A buffer, so that a resumed run freezes the bias at the same step.
-        self.register_buffer("steps_trained", torch.tensor(0))
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
@@ -71,29 +78,13 @@ class WhiteningConv(nn.Conv2d):
         x = images.float()
         patches = x.unfold(2, k, 1).unfold(3, k, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, channels * k * k)
         covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
+        # On the CPU, where every device has an eigensolver (Apple's MPS has none): a 12x12 matrix.
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.cpu())
         filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + self.eps)[:, None])
         filters = filters.reshape(-1, channels, k, k)
         self.weight.copy_(torch.cat([filters, -filters]))
         if self.bias is not None:
             self.bias.zero_()
-        self.initialised.fill_(True)
-
-    def bias_trains(self) -> bool:
-        if self.bias is None:
-            return False
-        return self.bias_train_steps is None or int(self.steps_trained) < self.bias_train_steps
-
-    def forward(self, x):
-        bias = self.bias
-        if self.training:
-            if not self.initialised:
-                with torch.autocast(x.device.type, enabled=False):
-                    self.fit(x)
-            if bias is not None and not self.bias_trains():
-                bias = bias.detach()
-            self.steps_trained += 1
-        return self._conv_forward(x, self.weight, bias)
 
 
 class ShiftOnlyBatchNorm(nn.BatchNorm2d):
@@ -103,9 +94,12 @@ class ShiftOnlyBatchNorm(nn.BatchNorm2d):
         # A high momentum lets the running statistics follow the fast-changing early network.
         super().__init__(channels, eps=1e-12, momentum=momentum, affine=False)
         self.shift = nn.Parameter(torch.zeros(channels))
+        # A fixed scale of ones, passed explicitly: with weight=None, CUDA's batch-norm backward returns
+        # an empty weight gradient that autograd rejects. Not saved, not trained.
+        self.register_buffer("scale", torch.ones(channels), persistent=False)
 
     def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, None, self.shift * BIAS_GAIN,
+        return F.batch_norm(x, self.running_mean, self.running_var, self.scale, self.shift * BIAS_GAIN,
                             self.training, self.momentum, self.eps)
 
 
@@ -125,12 +119,8 @@ def conv_group(in_channels: int, out_channels: int, convs: int = 2) -> nn.Sequen
 
 
 class Task3dModel(nn.Module):
-    def __init__(self, widths=WIDTHS, num_classes: int = 10, tta: str = "flip", whitening_bias: bool = True,
-                 depths=DEPTHS):
+    def __init__(self, widths=WIDTHS, num_classes: int = 10, whitening_bias: bool = True, depths=DEPTHS):
         super().__init__()
-        if tta not in TTA_LEVELS:
-            raise ValueError(f"tta must be one of {TTA_LEVELS}, not {tta!r}")
-        self.tta = tta
         whiten = WhiteningConv(bias=whitening_bias)
         self.feature_extractor = nn.Sequential(
             whiten, nn.GELU(),                                          # 3x32x32 -> 24x31x31
@@ -144,27 +134,35 @@ class Task3dModel(nn.Module):
     def whitening(self) -> WhiteningConv:
         return self.feature_extractor[0]
 
-    def logits(self, x):
+    def forward(self, x):
         return self.classifier(self.feature_extractor(x)) * LOGIT_SCALE
 
-    def mirror_averaged_logits(self, x):
-        both = self.logits(torch.cat([x, x.flip(3)]))
+    def mirror_averaged(self, x):
+        both = self(torch.cat([x, x.flip(3)]))
         return (both[:len(x)] + both[len(x):]) / 2
 
-    def forward(self, x):
-        if self.training or self.tta == "none":
-            return self.logits(x)
-        # Test-time augmentation: the mirror image is as likely as the image itself. flip-translate
-        # adds both shifted one pixel up-left and down-right at half the weight (airbench's level 2;
-        # measured: no better than flip here, at three times the evaluation cost).
-        logits = self.mirror_averaged_logits(x)
-        if self.tta == "flip":
-            return logits
+
+def predict_with_tta(model: Task3dModel, level: str = TTA):
+    """The evaluation function: logits averaged over the image and its mirror image (flip); flip-translate
+    adds both shifted one pixel up-left and down-right at half the weight (airbench's level 2; measured:
+    no better than flip here, at three times the evaluation cost)."""
+    if level not in TTA_LEVELS:
+        raise ValueError(f"tta must be one of {TTA_LEVELS}, not {level!r}")
+    if level == "none":
+        return model
+    if level == "flip":
+        return model.mirror_averaged
+
+    def flip_translate(x):
+        logits = model.mirror_averaged(x)
         height, width = x.shape[-2:]
         padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = self.mirror_averaged_logits(torch.cat([padded[..., :height, :width], padded[..., 2:, 2:]]))
+        shifted = model.mirror_averaged(torch.cat([padded[..., :height, :width], padded[..., 2:, 2:]]))
         return (logits + (shifted[:len(x)] + shifted[len(x):]) / 2) / 2
+    return flip_translate
 
+
+# ---------------------------------------------------------------- the recipe's steps
 
 def lr_factor(step: int, total_steps: int) -> float:
     """Triangular schedule: START_FACTOR -> 1 at WARMUP_FRACTION of the steps -> END_FACTOR at the end."""
@@ -174,12 +172,87 @@ def lr_factor(step: int, total_steps: int) -> float:
     return 1 + (END_FACTOR - 1) * min(1.0, (step - peak) / max(1, total_steps - peak))
 
 
-def triangular_schedule(optimizer, total_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps))
+class FitWhitening(Callback):
+    """Before the first step: fit the whitening filters on `count` training images, the same images on
+    every process (rank 0's filters are broadcast too, so that torchrun processes cannot differ)."""
 
+    def __init__(self, model: Task3dModel, train_loader, count: int = WHITENING_IMAGES):
+        self.model, self.train_loader, self.count = model, train_loader, count
+
+    def on_train_start(self, trainer) -> None:
+        if trainer.step > 0:  # resumed: the fitted filters came back with the weights
+            return
+        self.model.whitening.fit(trainer.prepare(self.train_loader.training_sample(self.count)))
+        if trainer.distributed:
+            dist.broadcast(self.model.whitening.weight.data, src=0)
+
+
+class FreezeWhiteningBias(Callback):
+    """The whitening layer's bias trains for the first `epochs` epochs' worth of steps only; afterwards no
+    gradient flows back through the 31x31 first layers and a step is ~7% cheaper. Derived from the step,
+    so a resumed run freezes at the same step."""
+
+    def __init__(self, model: Task3dModel, epochs: int):
+        self.model, self.epochs = model, epochs
+        self.steps = None
+
+    def on_train_start(self, trainer) -> None:
+        # total_steps spans --epochs (or --max-steps, which then scales the bias's share alike).
+        self.steps = math.ceil(trainer.total_steps * self.epochs / trainer.config.epochs)
+        self.after_step(trainer)
+
+    def after_step(self, trainer) -> None:
+        bias = self.model.whitening.bias
+        if bias.requires_grad and trainer.step >= self.steps:
+            bias.requires_grad = False
+            trainer.parameters_changed()
+
+
+class Lookahead(Callback):
+    """Weight averaging for short schedules (airbench's "lookahead"): every `every` steps the weights are
+    pulled into a running average and training continues from the average.
+
+    The average's decay grows as (step / total_steps)**3 up to decay**every: early on, while the
+    learning rate is high and the weights move fast, nothing is averaged; towards the end the
+    average smooths out the last steps' noise. The final step always updates, so the trained
+    model is the average. BatchNorm running statistics are averaged with the weights. The average
+    starts from the weights as training starts (before the whitening fit); last.pt keeps it.
+    """
+
+    def __init__(self, model: nn.Module, every: int, decay: float):
+        self.model, self.every, self.decay = model, every, decay
+        self.average = None
+
+    def decay_at(self, step: int, total_steps: int) -> float:
+        return self.decay ** self.every * (step / total_steps) ** 3
+
+    def on_train_start(self, trainer) -> None:
+        current = {name: t for name, t in self.model.state_dict().items() if t.is_floating_point()}
+        if self.average is None:
+            self.average = {name: t.detach().clone() for name, t in current.items()}
+        self.pairs = ([self.average[name] for name in current], list(current.values()))
+
+    @torch.no_grad()
+    def after_step(self, trainer) -> None:
+        step, total_steps = trainer.step, trainer.total_steps
+        if step % self.every and step < total_steps:
+            return
+        averages, current = self.pairs
+        # One kernel for all tensors on a GPU (the CPU does them one by one, as lerp_ and copy_ would).
+        torch._foreach_lerp_(averages, current, 1 - self.decay_at(step, total_steps))
+        torch._foreach_copy_(current, averages)
+
+    def state_dict(self):
+        return self.average
+
+    def load_state_dict(self, state) -> None:
+        self.average = {name: tensor.clone() for name, tensor in state.items()}
+
+
+# ---------------------------------------------------------------- the run
 
 def main(argv=None):
-    parser = cli.make_parser(__doc__, "task3d", **HYPERPARAMETERS)
+    parser = cli.training_parser(__doc__, "task3d", **RECIPE)
     recipe = parser.add_argument_group("task 3d recipe")
     recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                         help="Nesterov momentum")
@@ -190,6 +263,8 @@ def main(argv=None):
     recipe.add_argument("--tta", choices=TTA_LEVELS, default=TTA,
                         help="test-time augmentation: average the predictions on each image and its "
                              "mirror image (flip), and on both shifted by one pixel (flip-translate)")
+    recipe.add_argument("--whitening-images", type=cli.positive_int, default=WHITENING_IMAGES, metavar="N",
+                        help="training images the whitening filters are fitted on")
     recipe.add_argument("--whitening-bias-epochs", type=cli.non_negative_int, default=WHITENING_BIAS_EPOCHS,
                         metavar="E", help="train the whitening layer's bias for the first E epochs, then freeze "
                                           "it (steps without the backward pass through that layer are ~7%% "
@@ -197,35 +272,36 @@ def main(argv=None):
     recipe.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
     recipe.add_argument("--crop-padding", type=cli.non_negative_int, default=CROP_PADDING,
                         help="random translation of up to this many pixels (with --augment)")
+    recipe.add_argument("--lookahead-every", type=cli.non_negative_int, default=LOOKAHEAD_EVERY, metavar="N",
+                        help="every N steps, continue from a running average of the weights (0: off)")
+    recipe.add_argument("--lookahead-decay", type=cli.fraction, default=LOOKAHEAD_DECAY,
+                        help="per-step decay of that average at the end of training (it ramps up from 0)")
     args = cli.parse(parser, argv)
     if not 0 <= args.label_smoothing < 1:
         parser.error(f"--label-smoothing {args.label_smoothing} is out of range: must be in [0, 1)")
     if args.crop_padding >= 32:
         parser.error(f"--crop-padding {args.crop_padding} is out of range: a mirrored border must be "
                      "narrower than the 32-pixel image")
+    return cli.for_each_seed(args, train)
 
-    model = None
 
-    def build_model():
-        nonlocal model
-        model = Task3dModel(args.widths, tta=args.tta, whitening_bias=args.whitening_bias_epochs > 0,
-                            depths=args.depths)
-        print(model)
-        print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
-        return model
-
-    def schedule(optimizer, total_steps: int):
-        # total_steps spans --epochs (or --max-steps, which then scales the bias's share alike).
-        model.whitening.bias_train_steps = math.ceil(total_steps * args.whitening_bias_epochs / args.epochs)
-        return triangular_schedule(optimizer, total_steps)
-
-    return cli.train(args, build_model, title="Task 3d", scheduler_fn=schedule,
-                     label_smoothing=args.label_smoothing, validations_per_epoch=1,
-                     augmentation=dataloaders.Augmentation(flip="alternate", crop_padding=args.crop_padding,
-                                                           padding_mode="reflect"),
-                     extra_config={"widths": args.widths, "depths": args.depths, "tta": args.tta,
-                                   "crop_padding": args.crop_padding, "nesterov": args.nesterov,
-                                   "whitening_bias_epochs": args.whitening_bias_epochs})
+def train(args):
+    run = Run.start(args, title="Task 3d")
+    augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=args.crop_padding, padding_mode="reflect")
+    train_loader, val_loader, test_loader = run.load_cifar10(augmentation=augmentation)
+    model = Task3dModel(args.widths, whitening_bias=args.whitening_bias_epochs > 0, depths=args.depths)
+    print(model)
+    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    callbacks = [Lookahead(model, args.lookahead_every, args.lookahead_decay)] if args.lookahead_every else []
+    callbacks.append(FitWhitening(model, train_loader, args.whitening_images))
+    if args.whitening_bias_epochs:
+        callbacks.append(FreezeWhiteningBias(model, args.whitening_bias_epochs))
+    trainer = run.trainer(model, train_loader, val_loader, test_loader,
+                          optimizer=run.optimizer(model, nesterov=args.nesterov), lr_schedule=lr_factor,
+                          loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+                          predict=predict_with_tta(model, args.tta), callbacks=callbacks)
+    trainer.fit()
+    return run.finish(trainer)
 
 
 if __name__ == "__main__":

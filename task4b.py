@@ -6,13 +6,18 @@ stride 2, giving 64 activation maps of 112x112. For each chosen filter, the top 
 its weights as a small RGB image and the bottom row its activation in greyscale.
 Writes plots/task4b.png.
 """
-from pathlib import Path
+import startup
 
-import torch
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-import cli
-import resnet
-import utils
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+import cli  # noqa: E402
+import figures  # noqa: E402
+import resnet  # noqa: E402
 
 DEFAULT_INDICES = (14, 26, 32, 49, 52)
 
@@ -24,10 +29,7 @@ def first_layer(model, image):
 
 
 def make_figure(weights, activations, indices, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     figure, axes = plt.subplots(2, len(indices), figsize=(2.4 * len(indices), 5.2), squeeze=False,
                               layout="constrained")
     for column, index in enumerate(indices):
@@ -44,7 +46,7 @@ def make_figure(weights, activations, indices, title=""):
 
 
 def main(argv=None):
-    parser = resnet.visualisation_parser(__doc__, cli.PLOT_DIR)
+    parser = resnet.visualisation_parser(__doc__)
     parser.add_argument("--indices", type=int, nargs="+", default=list(DEFAULT_INDICES),
                         help="which of the 64 first-layer filters to show")
     args = parser.parse_args(argv)
@@ -55,7 +57,7 @@ def main(argv=None):
     model = resnet.model_from_args(args)
     weights, activations = first_layer(model, image)
     title = f"First-layer filters and activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
-    path = utils.save_figure(make_figure(weights, activations, args.indices, title),
+    path = figures.save(make_figure(weights, activations, args.indices, title),
                              Path(args.plot_dir) / "task4b.png")
     print(f"figure: {path}")
     return path

@@ -5,15 +5,20 @@ ImageNet-normalised and passed through every layer but the average pooling and t
 fully connected layer: 512 maps of 7x7. The first ten (--count) are shown in greyscale,
 five per row. Writes plots/task4c.png.
 """
-import math
-from pathlib import Path
+import startup
 
-import torch
-from torch import nn
+if __name__ == "__main__":
+    startup.quiet_ctrl_c()
 
-import cli
-import resnet
-import utils
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import cli  # noqa: E402
+import figures  # noqa: E402
+import resnet  # noqa: E402
 
 FEATURE_MAPS = 512
 
@@ -26,10 +31,7 @@ def last_stage(model, image):
 
 
 def make_figure(activations, count, title=""):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = figures.pyplot()
     columns = min(5, count)
     rows = math.ceil(count / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False,
@@ -47,7 +49,7 @@ def make_figure(activations, count, title=""):
 
 
 def main(argv=None):
-    parser = resnet.visualisation_parser(__doc__, cli.PLOT_DIR)
+    parser = resnet.visualisation_parser(__doc__)
     parser.add_argument("--count", type=int, default=10,
                         help=f"how many of the {FEATURE_MAPS} last-stage maps to show, from the first")
     args = parser.parse_args(argv)
@@ -58,7 +60,7 @@ def main(argv=None):
     model = resnet.model_from_args(args)
     activations = last_stage(model, image)
     title = f"Last conv stage activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
-    path = utils.save_figure(make_figure(activations, args.count, title), Path(args.plot_dir) / "task4c.png")
+    path = figures.save(make_figure(activations, args.count, title), Path(args.plot_dir) / "task4c.png")
     print(f"figure: {path}")
     return path
 

@@ -1,22 +1,27 @@
-"""One training loop for every task: validation twice per epoch, early stopping, best checkpoint.
+"""One training loop for every task: validation, early stopping, best checkpoint, exact resume.
 
 A run directory holds everything a run produces:
-    config.json   every resolved setting        history.json  losses and accuracies
-    metrics.json  final train/val/test numbers  last.pt       resumable state (model, optimizer, RNG, position)
+    config.json   every setting, once            history.json  losses, accuracies, learning rates
+    metrics.json  final train/val/test numbers   metrics.csv   one row per validation (a live log)
+    last.pt       resumable state (model, optimizer, RNG, position)
     best.pt       weights with the lowest validation loss so far
 Checkpoints are written atomically, so a crash or Ctrl-C never leaves a half-written file.
+
+A task changes the loop through its arguments, never by editing it: `optimizer`, `lr_schedule`
+(a factor per step), `loss_fn`, `predict` (the evaluation function, e.g. test-time augmentation)
+and `callbacks` (see Callback: on_train_start, after_step, after_validation, and state that
+last.pt keeps).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import math
-import os
 import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,36 +29,83 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from utils import AUTOCAST_DTYPES, UserError, load_checkpoint, read_json, save_checkpoint, write_json
+import graphs
+from hardware import AUTOCAST_DTYPES
+from utils import UserError, load_checkpoint, read_json, save_checkpoint, write_json
 
-# Settings that may change when a run is resumed; everything else must match.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every"}
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
+
+
+def option(default, help: str = "", check: str | None = None, choices=None, group: str = "hyperparameters",
+           flag: bool = True):
+    """A TrainConfig field; `cli.training_parser` turns each one with flag=True into --a-flag."""
+    return field(default=default, metadata={"help": help, "check": check, "choices": choices, "group": group,
+                                            "flag": flag})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.05
-    early_stop_count: int = 4
-    optimizer: str = "sgd"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    nesterov: bool = False
-    label_smoothing: float = 0.0
-    validations_per_epoch: int = 2
-    max_steps: int | None = None
-    precision: str = "fp32"          # resolved: fp32, bf16 or fp16
-    channels_last: bool = False
-    track_test: bool = False         # also evaluate the test loss at every validation (Task 3c)
-    lookahead_every: int = 0         # > 0: weight averaging every this many steps (see Lookahead)
-    lookahead_decay: float = 0.95    # per-step decay of that average at the end of training
-    log_every: int = 20              # steps between progress-bar updates (each one syncs the GPU)
+    """Every setting of the training loop, with its one default (tasks override in their parser)."""
+    epochs: int = option(10, "at most this many passes over the training set", "positive")
+    batch_size: int = option(64, "training images per step", "positive")
+    lr: float = option(0.05, "learning rate", "positive")
+    optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
+    momentum: float = option(0.0, "momentum (sgd, rmsprop)", "non_negative")
+    weight_decay: float = option(0.0, "L2 regularisation", "non_negative")
+    early_stop_count: int = option(4, "stop after this many validations without a lower validation loss",
+                                   "positive")
+    validations_per_epoch: int = option(2, "validations per epoch, the last at the epoch's end", "positive")
+    track_test: bool = option(False, "also evaluate the test loss at every validation (for figures)")
+    max_steps: int | None = option(None, "stop after N optimisation steps (the final evaluation still runs)",
+                                   "positive", group="smoke runs")
+    # Chosen by the run for the device (hardware.py), not flags of their own:
+    precision: str = option("fp32", flag=False)          # fp32, bf16 or fp16 (autocast)
+    channels_last: bool = option(False, flag=False)
+    cuda_graphs: bool = option(False, flag=False)        # replay each training step as one CUDA graph
+    log_every: int = option(20, flag=False)              # steps between progress-bar updates (a GPU sync each)
+
+
+# Settings that may change when a run is resumed; everything else must match.
+RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs"}
 
 
 class TrainingDiverged(UserError):
     pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM, with a message saying what was saved."""
+
+
+class Callback:
+    """The training loop's extension points; override what a task needs.
+
+    on_train_start runs once per process before the first step (after --resume restored the state),
+    after_step after every optimisation step, after_validation once last.pt holds that validation,
+    before_first_save before a new run writes its first file into the run directory. state_dict /
+    load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
+    """
+
+    def on_train_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_step(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_validation(self, trainer: "Trainer", point: dict) -> None:
+        pass
+
+    def before_first_save(self, trainer: "Trainer") -> None:
+        pass
+
+    def state_dict(self):
+        return None
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+    def close(self) -> None:
+        """The run is over (files to close)."""
 
 
 @contextlib.contextmanager
@@ -88,42 +140,6 @@ def interrupts_between_steps():
             signal.signal(sig, old)
 
 
-class Lookahead:
-    """Weight averaging for short schedules (as in airbench): every `every` steps the weights are
-    pulled into a running average and training continues from the average.
-
-    The average's decay grows as (step / total_steps)**3 up to decay**every: early on, while the
-    learning rate is high and the weights move fast, nothing is averaged; towards the end the
-    average smooths out the last steps' noise. The final step always updates, so the trained
-    model is the average. BatchNorm running statistics are averaged with the weights.
-    """
-
-    def __init__(self, model: nn.Module, every: int, decay: float):
-        self.model, self.every, self.decay = model, every, decay
-        self.average = {name: t.detach().clone() for name, t in model.state_dict().items()
-                        if t.is_floating_point()}
-
-    def decay_at(self, step: int, total_steps: int) -> float:
-        return self.decay ** self.every * (step / total_steps) ** 3
-
-    @torch.no_grad()
-    def after_step(self, step: int, total_steps: int) -> None:
-        if step % self.every and step < total_steps:
-            return
-        decay = self.decay_at(step, total_steps)
-        current = self.model.state_dict()
-        for name, average in self.average.items():
-            average.lerp_(current[name], 1 - decay)
-            current[name].copy_(average)
-
-    def state_dict(self) -> dict:
-        return self.average
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, average in self.average.items():
-            average.copy_(state[name])
-
-
 def should_early_stop(validation_losses, patience: int) -> bool:
     """True when the lowest validation loss is `patience` or more validations old."""
     if len(validation_losses) <= patience:
@@ -132,16 +148,26 @@ def should_early_stop(validation_losses, patience: int) -> bool:
     return len(validation_losses) - 1 - best_index >= patience
 
 
-def build_optimizer(config: TrainConfig, parameters):
+def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `config` names, over the parameters that train.
+
+    With CUDA graphs the learning rate is a tensor on the GPU (the schedule writes it between
+    replays) and the update a fused kernel that a graph can capture.
+    """
     parameters = [p for p in parameters if p.requires_grad]
+    on_graph = config.cuda_graphs
+    lr = torch.tensor(config.lr, device=parameters[0].device) if on_graph else config.lr
+    fused = {"fused": True} if on_graph else {}
     name = config.optimizer
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay, nesterov=config.nesterov)
+        return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               nesterov=nesterov, **fused)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay,
+                                **({"fused": True, "capturable": True} if on_graph else {}))
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay,
+                                 **({"fused": True, "capturable": True} if on_graph else {}))
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
@@ -154,18 +180,32 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha1(repr((type(model).__name__, shapes)).encode()).hexdigest()[:16]
 
 
+def sum_in_order(values) -> float:
+    """Float64 sum, left to right (the same result on every machine for the same values)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
-                 run_dir, device, scheduler_fn=None, settings: dict | None = None):
-        """`scheduler_fn(optimizer, total_steps)` may return an LR scheduler stepped every step.
-
-        `settings` (the script's resolved command line) is compared on --resume.
+                 run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
+                 loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
+                 protect_previous: bool = False, evaluate_only: bool = False, started: float | None = None):
+        """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
+        training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
+        model's by default). `settings` (the script's resolved command line) is compared on --resume.
+        With `protect_previous`, nothing is written into run_dir (a finished run being replaced) until
+        the first validation, so a run that fails before it leaves the previous one as it was.
+        With `evaluate_only`, fit() evaluates best.pt and trains nothing.
         """
         self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = not self.distributed or dist.get_rank() == 0
         self.world_size = dist.get_world_size() if self.distributed else 1
+        self.started = time.perf_counter() if started is None else started
 
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
@@ -173,18 +213,22 @@ class Trainer:
         # DDP averages gradients across processes; the unwrapped model is what gets saved.
         self.network = (nn.parallel.DistributedDataParallel(self.model) if self.distributed
                         else self.model)
-        self.optimizer = build_optimizer(config, self.model.parameters())
-        self.steps_per_epoch = len(train_loader)
+        self.optimizer = optimizer or build_optimizer(config, self.model.parameters())
+        for group in self.optimizer.param_groups:  # the schedule's base (a number, even where lr is a GPU tensor)
+            group.setdefault("initial_lr", float(group["lr"]))
+        self.lr_schedule = lr_schedule
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.predict = predict or self.model
+        self.callbacks = list(callbacks)
+        self.steps_per_epoch = len(train_loader) if train_loader is not None else 1
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
-        self.scheduler = scheduler_fn(self.optimizer, self.total_steps) if scheduler_fn else None
         self.autocast_dtype = AUTOCAST_DTYPES[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         self.validate_at = self._validation_points()
-        self.lookahead = (Lookahead(self.model, config.lookahead_every, config.lookahead_decay)
-                          if config.lookahead_every else None)
+        self.step_runner = (graphs.GraphedStep(self) if config.cuda_graphs and self.device.type == "cuda"
+                            else None)
 
         self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
@@ -192,11 +236,23 @@ class Trainer:
                              if k not in RESUMABLE_CHANGES}}
         self.step = 0                 # optimisation steps taken
         self.epoch, self.batch_in_epoch = 0, 0
-        self.history = {"train_loss": {"steps": [], "values": []}, "validation": []}
+        self.history = {"train_loss": {"steps": [], "values": []}, "learning_rate": {"steps": [], "values": []},
+                        "validation": []}
         self.best = {"loss": math.inf, "step": None}
         self.early_stopped = False
         self.train_seconds = 0.0
-        self._interrupted = []      # signals received during train(), acted on between steps
+        self.images_trained = 0       # all processes together
+        self.earlier_wall_seconds = []  # of the processes before this one (--resume)
+        self.throughput = None        # training images/s since the previous validation
+        self.resumed = False
+        self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
+        self.claimed = False          # this run has written into run_dir
+        self.last_validation = None   # (step, full evaluation result) of the latest validation
+        self.metrics = None           # fit()'s result
+        # Where this process's time goes besides the training steps (metrics.json "seconds").
+        self.seconds = {"setup": time.perf_counter() - self.started, "validation": 0.0, "checkpoints": 0.0,
+                        "logging": 0.0}
+        self._interrupted = []        # signals received during train(), acted on between steps
 
     # ---------------------------------------------------------------- helpers
 
@@ -205,138 +261,236 @@ class Trainer:
         count = max(1, min(self.config.validations_per_epoch, self.steps_per_epoch))
         return {round(self.steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
 
-    def _autocast(self):
+    def autocast(self, cache_enabled: bool = True):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache_enabled)
 
-    def _prepare(self, images):
+    def prepare(self, images):
+        """A batch in the memory layout the model runs fastest in."""
         return images.contiguous(memory_format=self.memory_format)
 
     def _last_accuracy(self) -> str:
         validations = self.history["validation"]
         return f"{validations[-1]['accuracy']:.3f}" if validations else "-"
 
-    def _log(self, message: str) -> None:
+    def log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message, file=sys.stderr)
 
+    def wall_seconds(self) -> list:
+        """Wall time of every process of this run so far: the first start and each --resume."""
+        return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
+
     # ---------------------------------------------------------------- evaluation
 
-    @torch.no_grad()
     def evaluate(self, loader) -> dict:
-        """Average loss and accuracy over every image of `loader` (all processes together)."""
+        """Loss, accuracy, per-class accuracy and the confusion matrix over every image of `loader`
+        (all processes together). Sums are exact: int64 counts, the loss summed in float64 on the host."""
         if self.distributed:
             # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
             # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
             for buffer in self.model.buffers():
                 dist.broadcast(buffer, src=0)
+        classes = len(loader.classes)
         self.model.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss sum, correct, count
-        for images, labels in loader.evaluation_batches():
-            with self._autocast():
-                logits = self.model(self._prepare(images))
-            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            totals += torch.stack([loss.double(), (logits.argmax(1) == labels).sum().double(),
-                                   torch.tensor(len(labels), dtype=torch.float64, device=self.device)])
-        if self.distributed:
-            dist.all_reduce(totals)
+        losses, confusion = [], torch.zeros(classes * classes, dtype=torch.int64, device=self.device)
+        with torch.inference_mode():
+            for images, labels in loader.evaluation_batches():
+                with self.autocast():
+                    logits = self.predict(self.prepare(images))
+                losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+                confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
         self.model.train()
-        loss_sum, correct, count = totals.tolist()
-        return {"loss": loss_sum / count, "accuracy": correct / count}
+        # One copy to the host for the whole set, never float64 on the device (MPS has none).
+        loss_sum = sum_in_order(torch.stack(losses).cpu().tolist())
+        if self.distributed:
+            reduce_on = self.device if self.device.type == "cuda" else torch.device("cpu")
+            total = torch.tensor([loss_sum], dtype=torch.float64, device=reduce_on)
+            confusion = confusion.to(reduce_on)
+            dist.all_reduce(total)
+            dist.all_reduce(confusion)
+            loss_sum = total.item()
+        matrix = confusion.view(classes, classes).cpu()
+        count, correct = int(matrix.sum()), int(matrix.diagonal().sum())
+        per_class = {name: (int(matrix[i, i]) / int(matrix[i].sum()) if int(matrix[i].sum()) else None)
+                     for i, name in enumerate(loader.classes)}
+        return {"loss": loss_sum / count, "accuracy": correct / count, "per_class_accuracy": per_class,
+                "confusion": matrix.tolist()}
 
     # ---------------------------------------------------------------- checkpoints
 
     def _state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
-                "lookahead": self.lookahead.state_dict() if self.lookahead else None,
-                "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
-                "signature": self.signature}
+                "callbacks": [callback.state_dict() for callback in self.callbacks],
+                "train_seconds": self.train_seconds, "images_trained": self.images_trained,
+                "wall_seconds": self.wall_seconds(), "torch_rng": torch.get_rng_state(),
+                "device_rng": self._device_rng_state(), "signature": self.signature}
+
+    def _device_rng_state(self):
+        if self.device.type == "cuda":
+            return torch.cuda.get_rng_state(self.device)
+        if self.device.type == "mps":
+            return torch.mps.get_rng_state()
+        return None
+
+    def _claim(self) -> None:
+        """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
+        if not self.claimed:
+            self.claimed = True
+            if not self.resumed:
+                for callback in self.callbacks:
+                    callback.before_first_save(self)
 
     def save_last(self) -> None:
+        self._claim()
         if self.is_main:
             save_checkpoint(self._state(), self.run_dir / "last.pt")
             write_json(self.history, self.run_dir / "history.json")
+
+    def check_signature(self, state: dict, path: Path, action: str) -> None:
+        saved = state.get("signature", {})
+        changed = sorted(k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k))
+        if changed:
+            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.signature.get(k)!r}" for k in changed[:4])
+            raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
+                            "use the same settings, another --run-dir, or --overwrite to start over")
 
     def resume(self) -> None:
         path = self.run_dir / "last.pt"
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_checkpoint(path, map_location=self.device)
-        saved = state.get("signature", {})
-        changed = sorted(k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.signature.get(k)!r}" for k in changed[:4])
-            raise UserError(f"cannot resume {self.run_dir}: it was trained with other settings ({details}); "
-                            "use the same settings, another --run-dir, or --overwrite to start over")
+        self.check_signature(state, path, "resume")
+        best = self.run_dir / "best.pt"
+        if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
+            raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
+                            "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler and state["scheduler"]:
-            self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.lookahead:
-            self.lookahead.load_state_dict(state["lookahead"])
+        for callback, saved in zip(self.callbacks, state["callbacks"]):
+            callback.load_state_dict(saved)
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.history, self.best = state["history"], state["best"]
         # Derived, not stored: a run that stopped early stays stopped unless --early-stop-count grows.
         self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
                                                self.config.early_stop_count)
-        self.train_seconds = state["train_seconds"]
+        self.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
+        self.earlier_wall_seconds = self._earlier_wall_seconds(list(state["wall_seconds"]))
         torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
-        self._log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
-                  f"best validation loss {self.best['loss']:.4f})")
+        if state["device_rng"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["device_rng"].cpu(), self.device)
+        elif state["device_rng"] is not None and self.device.type == "mps":
+            torch.mps.set_rng_state(state["device_rng"].cpu())
+        self.resumed = self.claimed = True
+        self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
+                 f"best validation loss {self.best['loss']:.4f})")
+
+    def _earlier_wall_seconds(self, saved: list) -> list:
+        """The processes' wall times as last.pt has them, or, for a finished run, as metrics.json has them
+        (last.pt was saved before the final evaluation, which took time too)."""
+        path = self.run_dir / "metrics.json"
+        try:
+            finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
+        except (UserError, AttributeError):
+            finished = None
+        if isinstance(finished, list) and len(finished) == len(saved):
+            return finished
+        return saved
 
     # ---------------------------------------------------------------- training
 
-    def _record_losses(self, pending) -> None:
+    def _record_losses(self, pending, rates) -> None:
         """Move per-step losses kept on the device into the history (one sync for many steps)."""
         if pending:
             values = torch.stack(pending).float().tolist()
-            self.history["train_loss"]["steps"] += list(range(self.step - len(values), self.step))
+            steps = list(range(self.step - len(values), self.step))
+            self.history["train_loss"]["steps"] += steps
             self.history["train_loss"]["values"] += values
+            self.history["learning_rate"]["steps"] += steps
+            self.history["learning_rate"]["values"] += rates
             pending.clear()
+            rates.clear()
 
-    def _validate(self, pending_losses) -> bool:
+    def _set_learning_rate(self) -> float:
+        """The schedule's rate for the coming step (as torch's LambdaLR computes it)."""
+        if self.lr_schedule is None:
+            lr = self.optimizer.param_groups[0]["lr"]
+            return lr if isinstance(lr, float) else self.config.lr
+        factor = self.lr_schedule(self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            value = group["initial_lr"] * factor
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(value)  # the captured graph reads it from the GPU
+            else:
+                group["lr"] = value
+        return float(self.optimizer.param_groups[0]["initial_lr"] * factor)
+
+    def _validate(self, pending_losses, rates, interval_images: int, interval_seconds: float) -> bool:
         """Record losses, validate, keep the best weights; True when training should stop."""
-        self._record_losses(pending_losses)
+        self._record_losses(pending_losses, rates)
+        started = time.perf_counter()
         result = self.evaluate(self.val_loader)
         if not math.isfinite(result["loss"]):
             # On a GPU the training loss is checked only every log_every steps, so weights can
             # go bad just before a validation; they must not reach last.pt.
-            self._diverged([], torch.tensor(result["loss"]))
-        point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3), **result}
+            self._diverged([], [], torch.tensor(result["loss"]))
+        self.throughput = interval_images / interval_seconds if interval_seconds > 0 else None
+        point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                 "loss": result["loss"], "accuracy": result["accuracy"]}
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
         self.history["validation"].append(point)
+        self.last_validation = (self.step, result)
+        saving = time.perf_counter()
+        self.seconds["validation"] += saving - started
         improved = result["loss"] < self.best["loss"]
         if improved:
             self.best = {"loss": result["loss"], "step": self.step}
+            self._claim()
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
-                                 "validation": result, "signature": self.signature},
+                                 "validation": point, "signature": self.signature},
                                 self.run_dir / "best.pt")
         self.save_last()
-        self._log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
-                  f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
+        logging = time.perf_counter()
+        self.seconds["checkpoints"] += logging - saving
+        for callback in self.callbacks:
+            callback.after_validation(self, point)
+        self.seconds["logging"] += time.perf_counter() - logging
+        self.log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
+                 f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
         losses = [p["loss"] for p in self.history["validation"]]
         return should_early_stop(losses, self.config.early_stop_count)
 
-    def _train_step(self, images, labels):
-        with self._autocast():
-            loss = self.loss_fn(self.network(self._prepare(images)), labels)
+    def train_step(self, images, labels) -> torch.Tensor:
+        """One optimisation step on a batch; returns the loss, left on the device."""
+        if self.step_runner is not None:
+            return self.step_runner(images, labels)
+        with self.autocast():
+            loss = self.loss_fn(self.network(self.prepare(images)), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if self.scheduler:
-            self.scheduler.step()
         return loss.detach()
+
+    def fit(self) -> dict:
+        """Train (unless the run only evaluates), then evaluate the best weights on every split."""
+        if self.evaluate_only:
+            self.metrics = self.evaluate_checkpoint(self.run_dir / "best.pt")
+            return self.metrics
+        self.train()
+        try:
+            self.metrics = self.final_evaluation()
+            return self.metrics
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation: the training is saved in {self.run_dir / 'last.pt'}; "
+                "the same command plus --resume evaluates it") from None
 
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""
@@ -347,26 +501,34 @@ class Trainer:
         self.model.train()
         # Checking for NaN costs a GPU sync, so there it happens with the progress bar only.
         check_every = 1 if self.device.type == "cpu" else self.config.log_every
-        pending, seen, last_time = [], 0, time.perf_counter()
+        pending, rates, seen, last_time = [], [], 0, time.perf_counter()
+        interval_images, interval_start = 0, last_time
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
         stop = self.step >= self.total_steps or self.early_stopped
         try:
+            if not stop:
+                for callback in self.callbacks:
+                    callback.on_train_start(self)
             while not stop and self.epoch < self.config.epochs:
                 for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
-                    loss = self._train_step(images, labels)
+                    rate = self._set_learning_rate()
+                    loss = self.train_step(images, labels)
                     pending.append(loss)
+                    rates.append(rate)
                     done_batch = self.batch_in_epoch
                     self.step += 1
-                    if self.lookahead:
-                        self.lookahead.after_step(self.step, self.total_steps)
+                    self.images_trained += len(labels) * self.world_size
+                    interval_images += len(labels) * self.world_size
+                    for callback in self.callbacks:
+                        callback.after_step(self)
                     self.batch_in_epoch += 1
                     if self.batch_in_epoch == self.steps_per_epoch:
                         self.epoch, self.batch_in_epoch = self.epoch + 1, 0
                     seen += len(labels)
                     bar.update()
                     if self.step % check_every == 0 and not torch.isfinite(loss):
-                        self._diverged(pending, loss)
+                        self._diverged(pending, rates, loss)
                     if self.step % self.config.log_every == 0:
                         now = time.perf_counter()
                         self.train_seconds += now - last_time
@@ -375,13 +537,15 @@ class Trainer:
                                         img_s=f"{seen * self.world_size / (now - last_time):.0f}")
                         seen, last_time = 0, now
                     if done_batch in self.validate_at or self.step >= self.total_steps:
-                        self.train_seconds += time.perf_counter() - last_time
-                        if self._validate(pending):
+                        now = time.perf_counter()
+                        self.train_seconds += now - last_time
+                        if self._validate(pending, rates, interval_images, now - interval_start):
                             self.early_stopped = True
-                            self._log(f"early stopping: validation loss has not improved for "
-                                      f"{self.config.early_stop_count} validations")
+                            self.log(f"early stopping: validation loss has not improved for "
+                                     f"{self.config.early_stop_count} validations")
                             stop = True
                         seen, last_time = 0, time.perf_counter()
+                        interval_images, interval_start = 0, last_time
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
@@ -392,63 +556,104 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             self.train_seconds += time.perf_counter() - last_time
-            self._record_losses(pending)
+            if self.protect_previous and not self.claimed:
+                raise TrainingInterrupted(
+                    f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
+                    f"previous run in {self.run_dir} is as it was") from None
+            self._record_losses(pending, rates)
             self.save_last()
-            raise
+            raise TrainingInterrupted(
+                f"interrupted: step {self.step} is saved in {self.run_dir / 'last.pt'}; continue with the same "
+                "command plus --resume") from None
         bar.close()
 
-    def _diverged(self, pending, loss) -> None:
+    def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.
-        self._record_losses(pending)
-        if self.is_main:
-            write_json(self.history, self.run_dir / "history.json")
-        raise TrainingDiverged(
-            f"training diverged at step {self.step} (loss {loss.item()}); the best checkpoint "
-            f"{self.run_dir / 'best.pt'} is kept; lower --lr (now {self.config.lr})")
+        self._record_losses(pending, rates)
+        if not (self.protect_previous and not self.claimed):
+            self._claim()
+            if self.is_main:
+                write_json(self.history, self.run_dir / "history.json")
+        if self.best["step"] is not None:
+            kept = f"the best checkpoint {self.run_dir / 'best.pt'} (step {self.best['step']}) is kept"
+        elif self.protect_previous and not self.claimed:
+            kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
+        else:
+            kept = "no validation had run yet, so there is no checkpoint"
+        raise TrainingDiverged(f"training diverged at step {self.step} (loss {loss.item()}); {kept}; "
+                               f"lower --lr (now {self.config.lr})")
 
     # ---------------------------------------------------------------- the end
 
-    def final_evaluation(self, started: float | None = None) -> dict:
-        """Reload the best weights and evaluate on the whole train, validation and test sets.
-
-        `started` (a time.perf_counter() value) adds the run's wall time to metrics.json.
-        """
-        best = self.run_dir / "best.pt"
+    def final_evaluation(self) -> dict:
+        """Reload the best weights and evaluate on the whole train, validation and test sets."""
+        best, started = self.run_dir / "best.pt", time.perf_counter()
         if self.distributed:
             dist.barrier()  # rank 0 has finished writing best.pt
         # When the best weights are the last ones (validated at this very step), they are already
         # in memory and their validation numbers are known: no reload, no second validation pass.
         at_best = self.best["step"] == self.step
-        if best.exists() and not at_best:
+        if not at_best:
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
         metrics = {"train": self.evaluate(self.train_loader)}
-        if at_best:
-            last = self.history["validation"][-1]
-            metrics["validation"] = {"loss": last["loss"], "accuracy": last["accuracy"]}
+        if at_best and self.last_validation and self.last_validation[0] == self.step:
+            metrics["validation"] = self.last_validation[1]
         else:
             metrics["validation"] = self.evaluate(self.val_loader)
         metrics["test"] = self.evaluate(self.test_loader)
-        images_seen = self.step * self.config.batch_size * self.world_size
+        # Per-class numbers and confusion matrices for validation and test; two numbers for train.
+        metrics["train"] = {k: metrics["train"][k] for k in ("loss", "accuracy")}
+        self.seconds["final_evaluation"] = time.perf_counter() - started
+        wall = self.wall_seconds()
         metrics.update(
             best_step=self.best["step"], steps=self.step,
             epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=self.early_stopped,
-            train_seconds=round(self.train_seconds, 2),
-            train_images_per_s=round(images_seen / self.train_seconds, 1) if self.train_seconds else None)
-        if started is not None:
-            metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+            train_seconds=round(self.train_seconds, 2), images_trained=self.images_trained,
+            train_images_per_s=(round(self.images_trained / self.train_seconds, 1)
+                                if self.train_seconds else None),
+            wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
+            seconds={"training": round(self.train_seconds, 2),
+                     **{name: round(value, 2) for name, value in self.seconds.items()}})
         if self.is_main:
             write_json(metrics, self.run_dir / "metrics.json")
         return metrics
 
+    def parameters_changed(self) -> None:
+        """Call after changing which parameters train (e.g. freezing a layer): DDP registered the old set.
+        (A CUDA-graph step notices by itself and captures anew.)"""
+        if self.distributed:
+            self.network = nn.parallel.DistributedDataParallel(self.model)
 
-def read_run(run_dir) -> dict:
-    """config, history and metrics of a finished run, with a clear error for a missing one."""
-    run_dir = Path(run_dir)
-    return {name: read_json(run_dir / f"{name}.json") for name in ("config", "history", "metrics")}
+    def close(self) -> None:
+        for callback in self.callbacks:
+            callback.close()
+
+    def evaluate_checkpoint(self, path: Path) -> dict:
+        """Evaluate saved weights (best.pt) on every split without training or changing the run."""
+        state = load_checkpoint(path, map_location=self.device)
+        self.check_signature(state, path, "evaluate")
+        try:
+            self.model.load_state_dict(state["model"])
+        except (KeyError, RuntimeError) as error:
+            raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
+                            "settings the run was trained with") from None
+        metrics = {split: self.evaluate(loader) for split, loader in
+                   (("train", self.train_loader), ("validation", self.val_loader), ("test", self.test_loader))}
+        metrics["train"] = {k: metrics["train"][k] for k in ("loss", "accuracy")}
+        metrics["best_step"] = state["step"]
+        return metrics
+
+
+def weakest_classes(result: dict, count: int = 3) -> list[tuple[str, float]]:
+    per_class = [(name, value) for name, value in result.get("per_class_accuracy", {}).items() if value is not None]
+    return sorted(per_class, key=lambda item: item[1])[:count]
 
 
 def format_final_table(metrics: dict) -> str:
     lines = [f"{'':12s}{'loss':>8s}{'accuracy':>10s}"]
     for split in ("train", "validation", "test"):
         lines.append(f"{split:12s}{metrics[split]['loss']:8.3f}{metrics[split]['accuracy']:10.3f}")
+    weakest = weakest_classes(metrics["test"])
+    if weakest:
+        lines.append("weakest test classes: " + ", ".join(f"{name} {value:.3f}" for name, value in weakest))
     return "\n".join(lines)

@@ -11,12 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from dataloaders import CLASSES  # noqa: E402
+
+# Runs of the same seed are bit-identical on a CPU as they are; a GPU needs deterministic kernels for it.
+REPEATABLE = ["--deterministic"] if torch.cuda.is_available() else []
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 SHARED = ROOT.parent / "shared"
 JPEG_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"

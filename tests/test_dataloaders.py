@@ -1,4 +1,5 @@
 """The CIFAR-10 data module: layouts, split, cache, transforms, augmentation and errors."""
+import os
 import shutil
 import tarfile
 
@@ -157,8 +158,8 @@ def test_augmentation_only_on_training_loader_and_reproducible(folder_data):
     first = [torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
              for a, b in zip(train.batches(epoch=2), train.batches(epoch=2))]
     assert all(first)
-    plain = next(iter(load(folder_data)[0].batches(epoch=0)))
-    augmented = next(iter(train.batches(epoch=0)))
+    plain = next(load(folder_data)[0].batches(epoch=0))
+    augmented = next(train.batches(epoch=0))
     assert torch.equal(plain[1], augmented[1])  # same images in the same order, labels aligned
     assert not torch.equal(plain[0], augmented[0])
 
@@ -309,3 +310,73 @@ def test_training_drops_the_incomplete_last_batch_but_evaluation_sees_every_imag
     # Evaluation is never augmented: it equals the plain transform of the stored images.
     assert torch.equal(torch.cat([x for x, _ in evaluated]), train.transform(train.images))
     assert sum(len(labels) for _, labels in val.evaluation_batches()) == 30
+
+
+# ---------------------------------------------------------------- odd files users have
+
+def test_hidden_files_such_as_macos_appledouble_are_skipped(tmp_path):
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    for folder in (tmp_path / "train" / "cat", tmp_path / "test" / "dog"):
+        (folder / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")  # what a Mac zip holds
+        (folder / ".DS_Store").write_bytes(b"Bud1")
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    assert len(raw.train_labels) == 20 and len(raw.test_labels) == 10
+
+
+def test_sixteen_bit_greyscale_is_decoded_not_clipped_to_white(tmp_path):
+    from PIL import Image
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    grey = (np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 64)   # 0 .. 65,472
+    target = tmp_path / "train" / "cat" / "0000.png"
+    Image.fromarray(grey).save(target)
+    with Image.open(target) as check:
+        assert check.mode.startswith("I;16")
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    cat = raw.train_images[raw.train_labels == 3][0]
+    assert torch.equal(cat[0], torch.from_numpy((grey >> 8).astype(np.uint8)))
+    assert torch.equal(cat[0], cat[1]) and torch.equal(cat[1], cat[2])
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.float32, 1 / 255), (np.int16, 1), (np.float64, 1)])
+def test_batches_that_are_not_uint8_are_refused(tmp_path, dtype, scale):
+    import pickle
+    write_batches(tmp_path, per_batch=10, test_count=10)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    with open(path, "rb") as handle:
+        entry = pickle.load(handle)
+    entry["data"] = (entry["data"] * scale).astype(dtype)
+    with open(path, "wb") as handle:
+        pickle.dump(entry, handle)
+    with pytest.raises(UserError, match=f"data_batch_2 holds {np.dtype(dtype).name} pixels; .* uint8"):
+        dataloaders.load_raw(tmp_path, download=False)
+
+
+def test_every_format_pillow_reads_is_loaded_and_other_files_are_counted(tmp_path, capsys):
+    from PIL import Image
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    pixels = np.full((32, 32, 3), 77, dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "train" / "frog" / "extra.bmp")
+    Image.fromarray(pixels).save(tmp_path / "train" / "frog" / "extra.webp", lossless=True)
+    (tmp_path / "train" / "frog" / "notes.txt").write_text("not an image")
+    (tmp_path / "test" / "ship" / "Thumbs.db").write_bytes(b"\x00")
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    frogs = raw.train_images[raw.train_labels == 6]
+    assert len(frogs) == 4 and sum(bool((image == 77).all()) for image in frogs) == 2
+    err = capsys.readouterr().err
+    assert "skipped 2 file(s)" in err and "not images Pillow reads" in err
+
+
+def test_a_valid_cache_beside_read_only_images_is_used(tmp_path, monkeypatch):
+    write_image_folders(tmp_path / "data", per_class_train=3, per_class_test=2)
+    dataloaders.load_raw(tmp_path / "data", download=False)           # writes the cache beside the images
+    assert (tmp_path / "data" / dataloaders.CACHE_NAME).exists()
+    # Tests run as root, for whom permissions do not block writing: let os.access say read-only.
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
+
+    def no_decoding(path):
+        raise AssertionError("decoded again although the cache beside the images is valid")
+    monkeypatch.setattr(dataloaders, "_decode", no_decoding)
+    raw = dataloaders.load_raw(tmp_path / "data", download=False)
+    assert len(raw.train_labels) == 30 and not (tmp_path / "user-cache").exists()

@@ -11,10 +11,11 @@ from torch import nn
 
 import cli
 import dataloaders
+import hardware
 import task2
-from conftest import run_script, synthetic_images
+from conftest import ROOT, run_script, synthetic_images
+from hardware import resolve_precision
 from trainer import TrainConfig, Trainer
-from utils import resolve_precision
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -32,24 +33,33 @@ def fake_cpu(monkeypatch, amx: bool, avx512_bf16: bool):
 ])
 def test_auto_on_cpu_follows_the_detected_instructions(monkeypatch, amx, avx512_bf16, expected):
     fake_cpu(monkeypatch, amx, avx512_bf16)
-    assert resolve_precision("auto", CPU) == expected
+    assert resolve_precision("auto", CPU)[0] == expected
 
 
-@pytest.mark.parametrize("supported, expected", [(True, "bf16"), (False, "fp32")])
-def test_auto_on_cuda_follows_bf16_support(monkeypatch, supported, expected):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: supported)
-    assert resolve_precision("auto", CUDA) == expected
+@pytest.mark.parametrize("capability, expected", [
+    ((9, 0), "bf16"),   # H100
+    ((8, 0), "bf16"),   # A100
+    ((7, 5), "fp16"),   # T4 (Colab): is_bf16_supported() says True, but bf16 is only emulated there
+    ((7, 0), "fp16"),   # V100
+    ((6, 1), "fp32"),   # GTX 10x0: no tensor cores
+])
+def test_auto_on_cuda_follows_the_compute_capability(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    precision, why = resolve_precision("auto", CUDA)
+    assert precision == expected and f"{capability[0]}.{capability[1]}" in why
 
 
 @pytest.mark.parametrize("choice", ["fp32", "bf16", "fp16"])
 def test_an_explicit_precision_is_kept_whatever_the_hardware(monkeypatch, choice):
     fake_cpu(monkeypatch, amx=False, avx512_bf16=False)
-    assert resolve_precision(choice, CPU) == choice
+    device = CUDA if choice == "fp16" else CPU  # fp16 is refused on a CPU (see below)
+    assert resolve_precision(choice, device) == (choice, "asked for with --precision")
 
 
 def test_channels_last_where_it_helps():
-    assert cli.uses_channels_last("bf16", CPU) and cli.uses_channels_last("fp32", CUDA)
-    assert not cli.uses_channels_last("fp32", CPU)
+    assert hardware.uses_channels_last("bf16", CPU) and hardware.uses_channels_last("fp32", CUDA)
+    assert not hardware.uses_channels_last("fp32", CPU)
 
 
 def run_task2(*argv):
@@ -66,24 +76,25 @@ def test_fp16_on_a_cpu_is_one_clear_line(tmp_path, capsys):
         run_task2("--device", "cpu", "--precision", "fp16", "--run-dir", tmp_path / "run",
                   "--plot-dir", tmp_path / "plots")
     err = capsys.readouterr().err
-    assert ended.value.code == 1 and "error: --precision fp16 is for CUDA" in err and "Traceback" not in err
+    assert ended.value.code == 2 and "error: --precision fp16 is for GPUs" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_run_config_says_what_auto_chose(folder_data, tmp_path):
     run_task2("--data-dir", folder_data, "--device", "cpu", "--precision", "auto", "--max-steps", "2",
               "--batch-size", "16", "--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    chosen = resolve_precision("auto", CPU)
-    assert config["precision_requested"] == "auto"
-    assert config["train_config"]["precision"] == chosen
-    assert config["train_config"]["channels_last"] == cli.uses_channels_last(chosen, CPU)
+    chosen, why = resolve_precision("auto", CPU)
+    assert config["settings"]["precision"] == "auto"
+    assert config["resolved"]["precision"] == chosen and config["resolved"]["precision_reason"] == why
+    assert config["resolved"]["channels_last"] == hardware.uses_channels_last(chosen, CPU)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_a_short_run_decreases_the_training_loss(folder_data, tmp_path, precision):
     loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
     config = TrainConfig(epochs=2, batch_size=16, lr=0.02, precision=precision, validations_per_epoch=1,
-                         channels_last=cli.uses_channels_last(precision, CPU))
+                         channels_last=hardware.uses_channels_last(precision, CPU))
     torch.manual_seed(0)
     trainer = Trainer(task2.Task2Model(), *loaders, config, tmp_path, "cpu")
     trainer.train()
@@ -113,11 +124,11 @@ def test_project_batches_give_the_starter_pipelines_outputs(monkeypatch):
                                      torch.from_numpy(labels), batch_size=32)
     config = TrainConfig(precision="bf16", channels_last=True)
     trainer = Trainer(model, loader, None, None, config, "unused", "cpu")
-    batch, _ = next(iter(loader))
-    prepared = trainer._prepare(batch)
+    batch, _ = next(loader.evaluation_batches())
+    prepared = trainer.prepare(batch)
     assert prepared.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(prepared, expected_input, atol=1e-6)
-    with torch.no_grad(), trainer._autocast():
+    with torch.no_grad(), trainer.autocast():
         logits = trainer.model(prepared).float()
     scale = expected.abs().max()
     assert (logits - expected).abs().max() < 0.03 * scale
@@ -135,19 +146,19 @@ def test_benchmark_prints_the_ratios_last(tmp_path):
 def test_auto_is_fp32_when_torch_cannot_tell(monkeypatch):
     for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
         monkeypatch.delattr(torch.cpu, name, raising=False)
-    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("auto", CPU)[0] == "fp32"
 
 
 def test_auto_is_fp32_without_onednn(monkeypatch):
     fake_cpu(monkeypatch, amx=True, avx512_bf16=True)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
-    assert resolve_precision("auto", CPU) == "fp32"
+    assert resolve_precision("auto", CPU)[0] == "fp32"
 
 
 KEEP_MEMORY_PROBE = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from utils import keep_freed_memory
+from hardware import keep_freed_memory
 kept = keep_freed_memory() if {keep} else False
 def faults_of_one_big_tensor():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -164,7 +175,7 @@ print(kept, faults_of_one_big_tensor())
 def test_freed_activation_memory_is_reused_without_page_faults(keep):
     # A training step frees and re-allocates the same large activations; without keep_freed_memory
     # glibc unmaps them and every step page-faults them in again (64 MiB = 16,384 pages).
-    probe = KEEP_MEMORY_PROBE.format(root=str(cli.ROOT), keep=keep)
+    probe = KEEP_MEMORY_PROBE.format(root=str(ROOT), keep=keep)
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     kept, faults = result.stdout.split()

@@ -3,7 +3,7 @@ import json
 
 import torch
 
-from conftest import run_script
+from conftest import REPEATABLE, run_script
 from task2 import Task2Model
 
 
@@ -21,8 +21,9 @@ def test_output_shape():
 
 
 def run_task2(folder_data, tmp_path, *extra):
+    """A tiny run on the default device (a GPU where there is one), repeatable."""
     return run_script("task2.py", "--data-dir", folder_data, "--max-steps", 8, "--batch-size", 16,
-                      "--precision", "fp32", "--device", "cpu", "--run-dir", tmp_path / "run",
+                      "--precision", "fp32", *REPEATABLE, "--run-dir", tmp_path / "run",
                       "--plot-dir", tmp_path / "plots", *extra)
 
 
@@ -35,9 +36,10 @@ def test_tiny_run_writes_figure_metrics_and_config(folder_data, tmp_path):
         assert 0 <= metrics[split]["accuracy"] <= 1 and metrics[split]["loss"] > 0
     assert metrics["steps"] == 8
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["lr"] == 0.05 and config["batch_size"] == 16 and config["seed"] == 0
-    assert config["parameters"] == 390_410 and "image folders" in config["data_source"]
-    assert config["train_config"]["precision"] == "fp32" and "torch" in config["versions"]
+    settings = config["settings"]
+    assert settings["lr"] == 0.05 and settings["batch_size"] == 16 and settings["seed"] == 0
+    assert config["model"]["parameters"] == 390_410 and "image folders" in config["data"]["source"]
+    assert config["resolved"]["precision"] == "fp32" and "torch" in config["versions"]
     assert {"best.pt", "last.pt", "history.json"} <= {p.name for p in (tmp_path / "run").iterdir()}
     assert "test" in result.stdout and f"{metrics['test']['accuracy']:.3f}" in result.stdout
 

@@ -68,7 +68,7 @@ def test_tiny_runs(folder_data, tmp_path, script, extra, name):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / f"{name}.png").exists()
     config = json.loads((tmp_path / name / "config.json").read_text())
-    assert config["optimizer"] == ("adam" if "adam" in extra else "sgd")
+    assert config["settings"]["optimizer"] == ("adam" if "adam" in extra else "sgd")
     history = json.loads((tmp_path / name / "history.json").read_text())
     if script == "task3_model1.py":  # the deepening figure needs the test loss per validation
         assert "test_loss" in history["validation"][0]

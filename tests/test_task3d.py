@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import dataloaders
-from conftest import run_script
-from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, Task3dModel, WhiteningConv, lr_factor,
-                    triangular_schedule)
+import task3d
+from conftest import REPEATABLE, run_script
+from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, FitWhitening, FreezeWhiteningBias, Task3dModel,
+                    WhiteningConv, lr_factor, predict_with_tta)
+from trainer import TrainConfig, Trainer
 
 
 def expected_parameters(widths, depths, whiten=24, classes=10):
@@ -47,10 +49,25 @@ def test_without_whitening_bias_no_gradient_reaches_the_first_layer():
     assert with_bias.feature_extractor[:2](torch.randn(4, 3, 32, 32)).requires_grad
 
 
+class FakeTrainer:
+    """What the whitening callbacks read of a Trainer."""
+
+    def __init__(self, total_steps=8, epochs=4):
+        self.step, self.total_steps = 0, total_steps
+        self.config = TrainConfig(epochs=epochs)
+        self.changes = 0
+
+    def parameters_changed(self):
+        self.changes += 1
+
+
 def test_whitening_bias_trains_for_its_steps_only_and_resumes_frozen():
     torch.manual_seed(0)
     model = Task3dModel((8, 16, 16))
-    model.whitening.bias_train_steps = 2
+    trainer = FakeTrainer(total_steps=8, epochs=4)          # 1 epoch of bias training = 2 steps
+    freeze = FreezeWhiteningBias(model, epochs=1)
+    freeze.on_train_start(trainer)
+    assert freeze.steps == 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
     has_gradient, biases = [], []
@@ -59,19 +76,47 @@ def test_whitening_bias_trains_for_its_steps_only_and_resumes_frozen():
         torch.nn.functional.cross_entropy(model(x), y).backward()
         has_gradient.append(model.whitening.bias.grad is not None)
         optimizer.step()
+        trainer.step += 1
+        freeze.after_step(trainer)
         biases.append(model.whitening.bias.detach().clone())
     assert has_gradient == [True, True, False, False]
+    assert trainer.changes == 1                              # told the Trainer once (DDP, CUDA graphs)
     assert not torch.equal(biases[0], biases[1])
     assert torch.equal(biases[1], biases[2]) and torch.equal(biases[1], biases[3])  # no momentum, no decay
     # Frozen, the first 3x3 conv's backward skips its input gradient, as with no bias at all.
     assert not model.feature_extractor[:2](x).requires_grad
     model.eval()
-    model(x)                                             # evaluation passes do not count
-    assert int(model.whitening.steps_trained) == 5       # the 4 steps and the training pass above
+    model(x)                                             # evaluation passes change nothing
+    assert not model.whitening.bias.requires_grad
     resumed = Task3dModel((8, 16, 16))
-    resumed.whitening.bias_train_steps = 2
-    resumed.load_state_dict(model.state_dict())          # a resumed run stays frozen
-    assert resumed.whitening.bias_trains() is False
+    resumed.load_state_dict(model.state_dict())
+    at_step_3 = FakeTrainer(total_steps=8, epochs=4)
+    at_step_3.step = 3                                   # a run resumed after the freeze stays frozen
+    FreezeWhiteningBias(resumed, epochs=1).on_train_start(at_step_3)
+    assert not resumed.whitening.bias.requires_grad
+    early = Task3dModel((8, 16, 16))
+    FreezeWhiteningBias(early, epochs=1).on_train_start(FakeTrainer(total_steps=8, epochs=4))
+    assert early.whitening.bias.requires_grad             # ... and one resumed before it still trains
+
+
+def test_batch_norm_gets_a_weight_tensor(monkeypatch):
+    """CUDA's batch-norm backward returns an empty weight gradient for weight=None, which autograd
+    rejects (a crash at the first backward on a GPU); the CPU accepts it, so pin the argument here."""
+    seen = []
+    real = torch.nn.functional.batch_norm
+
+    def spy(input, running_mean, running_var, weight=None, bias=None, *args, **kwargs):
+        seen.append(weight)
+        return real(input, running_mean, running_var, weight, bias, *args, **kwargs)
+    monkeypatch.setattr(task3d.F, "batch_norm", spy)
+    model = Task3dModel((8, 16, 16))
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    layers = [m for m in model.modules() if isinstance(m, task3d.ShiftOnlyBatchNorm)]
+    assert len(seen) == len(layers) == 7                  # every batch norm of the network
+    for weight, layer in zip(seen, layers):
+        assert isinstance(weight, torch.Tensor) and torch.equal(weight, torch.ones(layer.num_features))
+        assert not weight.requires_grad
+    assert not any("scale" in key for key in model.state_dict())  # not saved: checkpoints keep their layout
 
 
 def test_whitening_filters_decorrelate_training_patches():
@@ -80,40 +125,58 @@ def test_whitening_filters_decorrelate_training_patches():
     images = torch.einsum("dc,bchw->bdhw", mixing, torch.randn(64, 3, 32, 32))
     layer = WhiteningConv()
     layer.train()
-    layer(images)                                        # the first training batch fits the filters
-    assert bool(layer.initialised)
+    layer.fit(images)
     with torch.no_grad():
         out = layer(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
     covariance = out.T @ out / len(out)
     assert torch.allclose(covariance, torch.eye(12), atol=0.05)
     before = layer.weight.clone()
-    layer(images * 3)                                    # later batches leave the filters alone
+    layer(images * 3)                                    # training batches leave the filters alone
     assert torch.equal(layer.weight, before)
+
+
+def test_whitening_is_fitted_on_the_first_training_batch_before_the_first_step(folder_data, tmp_path):
+    augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=2, padding_mode="reflect")
+    train, val, test = dataloaders.load_cifar10(32, 0.1, seed=3, data_dir=folder_data, augment=augmentation)
+    torch.manual_seed(0)
+    model = Task3dModel((8, 16, 16))
+    fit = FitWhitening(model, train, count=32)
+    trainer = Trainer(model, train, val, test, TrainConfig(max_steps=1, batch_size=32), tmp_path, "cpu",
+                      callbacks=[fit])
+    first_batch, _ = next(train.batches(0))
+    expected = WhiteningConv()
+    expected.fit(first_batch)
+    fit.on_train_start(trainer)
+    assert torch.equal(model.whitening.weight, expected.weight)
+    assert not torch.equal(expected.weight, WhiteningConv().weight)
+    trainer.step = 5
+    model.whitening.weight.data.zero_()
+    fit.on_train_start(trainer)                           # resumed: the filters came with the weights
+    assert not model.whitening.weight.any()
 
 
 def test_tta_levels_at_evaluation_only():
     torch.manual_seed(0)
-    model = Task3dModel((8, 16, 16), tta="flip")
+    model = Task3dModel((8, 16, 16))
     x = torch.randn(4, 3, 32, 32)
     model.train()
     model(x)
     assert not torch.allclose(model(x), model(x.flip(3)), atol=1e-4)   # training sees one view
     model.eval()
     with torch.no_grad():
-        plain = model.logits(x)
-        assert torch.allclose(model(x), model(x.flip(3)), atol=1e-5)  # flip: mirror-invariant
-        assert torch.allclose(model(x), (plain + model.logits(x.flip(3))) / 2, atol=1e-6)
-        model.tta = "none"
-        assert torch.equal(model(x), plain)
-        model.tta = "flip-translate"
+        plain = model(x)
+        flip = predict_with_tta(model, "flip")
+        assert torch.allclose(flip(x), flip(x.flip(3)), atol=1e-5)  # flip: mirror-invariant
+        assert torch.allclose(flip(x), (plain + model(x.flip(3))) / 2, atol=1e-6)
+        assert torch.equal(predict_with_tta(model, "none")(x), plain)
         # half the weight on the image and its mirror, half on both shifted one pixel up-left and down-right
         padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
         views = [x, padded[..., :32, :32], padded[..., 2:, 2:]]
-        mirrored = [(model.logits(v) + model.logits(v.flip(3))) / 2 for v in views]
+        mirrored = [(model(v) + model(v.flip(3))) / 2 for v in views]
         expected = mirrored[0] / 2 + (mirrored[1] + mirrored[2]) / 4
-        assert torch.allclose(model(x), expected, atol=1e-5)
+        assert torch.allclose(predict_with_tta(model, "flip-translate")(x), expected, atol=1e-5)
     with pytest.raises(ValueError, match="tta"):
-        Task3dModel((8, 16, 16), tta="rotate")
+        predict_with_tta(model, "rotate")
 
 
 def _is_translated_or_flipped(out, original, padding):
@@ -141,36 +204,37 @@ def test_augmentation_keeps_shapes_labels_and_is_off_at_evaluation(folder_data):
         assert padded_ok, "an augmented image is not a flip/translation of its own original"
     changed = sum(not torch.equal(a, b) for a, b in zip(images, originals))
     assert changed > 16
-    first_val, _ = next(iter(val))
+    first_val, _ = next(val.evaluation_batches())
     assert torch.equal(first_val, identity(val.images[:len(first_val)]))
 
 
-def test_schedule_start_peak_end():
+def test_schedule_start_peak_end(folder_data, tmp_path):
     total = 100
     peak = int(WARMUP_FRACTION * total)
     assert lr_factor(0, total) == pytest.approx(START_FACTOR)
     assert lr_factor(peak, total) == pytest.approx(1.0)
     assert lr_factor(total, total) == pytest.approx(END_FACTOR)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
-    scheduler = triangular_schedule(optimizer, total)
-    seen = []
-    for _ in range(total):
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    seen.append(optimizer.param_groups[0]["lr"])
+    # As the Trainer applies it: the rate of every step, recorded in the history.
+    loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    trainer = Trainer(model, *loaders, TrainConfig(epochs=7, lr=0.5), tmp_path, "cpu", lr_schedule=lr_factor)
+    trainer.train()
+    seen = trainer.history["learning_rate"]["values"]
+    total, peak = trainer.total_steps, int(WARMUP_FRACTION * trainer.total_steps)
+    assert len(seen) == total == 7 * 16 and trainer.history["learning_rate"]["steps"] == list(range(total))
     assert seen[0] == pytest.approx(0.5 * START_FACTOR)
     assert max(seen) == pytest.approx(0.5) and seen.index(max(seen)) == peak
-    assert seen[-1] == pytest.approx(0.5 * END_FACTOR)
+    assert seen[-1] == pytest.approx(0.5 * lr_factor(total - 1, total))
     assert all(a <= b for a, b in zip(seen[:peak], seen[1:peak + 1]))
     assert all(a >= b for a, b in zip(seen[peak:], seen[peak + 1:]))
+    assert trainer.optimizer.param_groups[0]["lr"] == seen[-1]
 
 
 def _tiny_run(folder_data, tmp_path, name):
     run_dir = tmp_path / name
     result = run_script("task3d.py", "--data-dir", folder_data, "--epochs", 2, "--batch-size", 32,
                         "--widths", 8, 16, 16, "--run-dir", run_dir, "--plot-dir", tmp_path / f"{name}-plots",
-                        "--seed", 5)
+                        "--seed", 5, *REPEATABLE)
     assert result.returncode == 0, result.stderr
     return result, json.loads((run_dir / "metrics.json").read_text())
 
@@ -181,9 +245,10 @@ def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
     assert (tmp_path / "a-plots" / "task3d.png").is_file()
     assert metrics["epochs"] <= 2 and metrics["steps"] == 2 * 8   # 270 // 32 full batches per epoch
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["widths"] == [8, 16, 16] and config["tta"] == "flip" and config["crop_padding"] == 2
-    assert config["whitening_bias_epochs"] == 3 and config["depths"] == [2, 2, 3]
-    assert "padding_mode='reflect'" in config["augmentation"] and config["train_config"]["lookahead_every"] == 5
+    settings = config["settings"]
+    assert settings["widths"] == [8, 16, 16] and settings["tta"] == "flip" and settings["crop_padding"] == 2
+    assert settings["whitening_bias_epochs"] == 3 and settings["depths"] == [2, 2, 3]
+    assert "padding_mode='reflect'" in config["data"]["augmentation"] and settings["lookahead_every"] == 5
     _, again = _tiny_run(folder_data, tmp_path, "b")
     assert again["test"] == metrics["test"] and again["train"] == metrics["train"]
 

@@ -62,7 +62,7 @@ def image_panels(figure):
 # ---------------------------------------------------------------- 4a: model and transform
 
 def test_only_layer4_and_head_are_trainable():
-    model = resnet.transfer_model("none", "last")
+    model = task4a.transfer_model(resnet.pretrained_resnet18("none"), "last")
     assert model.fc.out_features == 10 and model.fc.in_features == 512
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     expected = {name for name, _ in model.named_parameters() if name.startswith(("layer4.", "fc."))}
@@ -72,7 +72,7 @@ def test_only_layer4_and_head_are_trainable():
     counts = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert counts == sum(p.numel() for p in model.layer4.parameters()) + 512 * 10 + 10
 
-    everything = resnet.transfer_model("none", "all")
+    everything = task4a.transfer_model(resnet.pretrained_resnet18("none"), "all")
     assert all(p.requires_grad for p in everything.parameters())
 
 
@@ -109,17 +109,19 @@ def test_task4a_tiny_run_writes_metrics_figure_and_config(tiny_run):
     assert metrics["steps"] == 3
     assert 0 <= metrics["test"]["accuracy"] <= 1
     config = json.loads((out / "run" / "config.json").read_text())
-    assert (config["weights"], config["finetune"], config["image_size"]) == ("none", "last", 32)
-    assert (config["lr"], config["optimizer"], config["early_stop_count"]) == (5e-4, "sgd", 4)
-    expected = sum(p.numel() for p in resnet.transfer_model("none").parameters() if p.requires_grad)
-    assert config["trainable_parameters"] == expected < config["parameters"]
+    settings = config["settings"]
+    assert (settings["weights"], settings["finetune"], settings["image_size"]) == ("none", "last", 32)
+    assert (settings["lr"], settings["optimizer"], settings["early_stop_count"]) == (5e-4, "sgd", 4)
+    model = task4a.transfer_model(resnet.pretrained_resnet18("none"))
+    expected = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert config["model"]["trainable_parameters"] == expected < config["model"]["parameters"]
 
 
 def test_task4a_checkpoint_feeds_4b_and_4c(tiny_run, photo):
     result, out = tiny_run
     assert result.returncode == 0, result.stderr
     best = out / "run" / "best.pt"
-    saved = torch.load(best, weights_only=True)["model"]
+    saved = torch.load(best, weights_only=True, map_location="cpu")["model"]  # trained on a GPU, maybe
     args = resnet.visualisation_parser("", out).parse_args(
         ["--checkpoint", str(best)])
     model = resnet.model_from_args(args)
@@ -137,7 +139,7 @@ def test_task4a_rejects_tiny_image_size(folder_data, tmp_path, capsys):
 
 
 def test_task4a_defaults_are_the_report_hyperparameters():
-    args = cli.parse(cli.make_parser("", "task4a", **task4a.HYPERPARAMETERS), [])
+    args = cli.parse(cli.training_parser("", "task4a", **task4a.RECIPE), [])
     assert (args.batch_size, args.lr, args.optimizer, args.early_stop_count) == (32, 5e-4, "sgd", 4)
 
 
@@ -170,7 +172,7 @@ def test_cached_or_local_weights_are_used_without_network(torch_home, tmp_path):
     torch.save(reference.state_dict(), tmp_path / "copy.pth")
     from_file = resnet.pretrained_resnet18(str(tmp_path / "copy.pth"))
     assert torch.equal(from_file.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
-    transfer = resnet.transfer_model(str(tmp_path / "copy.pth"))
+    transfer = task4a.transfer_model(resnet.pretrained_resnet18(str(tmp_path / "copy.pth")))
     assert torch.equal(transfer.conv1.weight, reference.conv1.weight) and transfer.fc.out_features == 10
 
 

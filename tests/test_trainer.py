@@ -1,4 +1,5 @@
 """The shared Trainer: early stopping, best checkpoint, atomic writes, resume."""
+import errno
 import os
 
 import pytest
@@ -6,8 +7,10 @@ import torch
 from torch import nn
 
 import dataloaders
+import figures
 import utils
-from trainer import Lookahead, TrainConfig, Trainer, should_early_stop
+from task3d import Lookahead
+from trainer import TrainConfig, Trainer, should_early_stop
 
 
 def tiny_model():
@@ -16,11 +19,14 @@ def tiny_model():
                          nn.Linear(16, 10))
 
 
-def make_trainer(data, run_dir, model=None, **overrides):
+def make_trainer(data, run_dir, model=None, lookahead_every=0, **overrides):
     loaders = dataloaders.load_cifar10(16, data_dir=data, download=False)
     config = TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 0.05, "early_stop_count": 4, **overrides})
     run_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(model or tiny_model(), *loaders, config, run_dir, "cpu")
+    model = model or tiny_model()
+    callbacks = [Lookahead(model, lookahead_every, 0.95)] if lookahead_every else []
+    return Trainer(model, *loaders, config, run_dir, "cpu", callbacks=callbacks,
+                   settings={"lookahead_every": lookahead_every})
 
 
 @pytest.mark.parametrize("losses, patience, expected", [
@@ -90,15 +96,23 @@ def test_training_reduces_the_loss(folder_data, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    # what torch.save raises when the disk fills up under it
+    RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1234 vs 1200"),
+])
+def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch, failure):
     path = tmp_path / "best.pt"
     utils.save_checkpoint({"value": 1}, path)
 
     def failing_save(obj, handle):
         handle.write(b"half a checkpoint")
-        raise OSError("disk full")
+        raise failure
     monkeypatch.setattr(torch, "save", failing_save)
-    with pytest.raises(OSError):
+    if isinstance(failure, RuntimeError):  # the disk is the likely cause when it is (nearly) full
+        monkeypatch.setattr(os, "statvfs", lambda folder: type("Full", (), {"f_bavail": 0})())
+    with pytest.raises(utils.UserError, match=r"could not write .*best.pt: the disk is full; the previous "
+                                              r"best.pt is intact"):
         utils.save_checkpoint({"value": 2}, path)
     monkeypatch.undo()
     assert utils.load_checkpoint(path)["value"] == 1
@@ -111,15 +125,15 @@ def test_a_failed_figure_write_keeps_the_old_png(tmp_path):
     import matplotlib.pyplot as plt
 
     path = tmp_path / "figure.png"
-    utils.save_figure(plt.figure(), path)
+    figures.save(plt.figure(), path)
     before = path.read_bytes()
     figure = plt.figure()
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     figure.savefig = disk_full
-    with pytest.raises(utils.UserError, match="No space left on device"):
-        utils.save_figure(figure, path)
+    with pytest.raises(utils.UserError, match="figure.png: the disk is full; the previous figure.png is intact"):
+        figures.save(figure, path)
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["figure.png"]
     assert not plt.fignum_exists(figure.number)          # closed either way
 
@@ -135,14 +149,14 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_pa
     reference.train()
 
     interrupted = make_trainer(folder_data, tmp_path / "resumed", lookahead_every=lookahead_every)
-    original_step, calls = Trainer._train_step, []
+    original_step, calls = Trainer.train_step, []
 
     def step_then_interrupt(self, images, labels):
         if len(calls) == 11:  # in the middle of the first epoch, after a validation
             raise KeyboardInterrupt
         calls.append(1)
         return original_step(self, images, labels)
-    monkeypatch.setattr(Trainer, "_train_step", step_then_interrupt)
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     monkeypatch.undo()
@@ -158,23 +172,31 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_pa
     assert resumed.history == reference.history
 
 
+class At:
+    """The two numbers of a Trainer that a callback reads."""
+
+    def __init__(self, step, total_steps):
+        self.step, self.total_steps = step, total_steps
+
+
 def test_lookahead_averages_every_n_steps_and_ends_on_the_average():
     model = nn.Linear(2, 1, bias=False)
     nn.init.zeros_(model.weight)
     lookahead = Lookahead(model, every=2, decay=0.5)
+    lookahead.on_train_start(At(0, 10))                   # the average starts from the weights as they are
     assert lookahead.decay_at(0, 10) == 0 and lookahead.decay_at(10, 10) == pytest.approx(0.25)
     assert lookahead.decay_at(5, 10) == pytest.approx(0.25 / 8)
     with torch.no_grad():
         model.weight.fill_(1.0)
-    lookahead.after_step(1, 10)                           # not an averaging step: nothing changes
+    lookahead.after_step(At(1, 10))                       # not an averaging step: nothing changes
     assert torch.equal(model.weight, torch.ones(1, 2)) and torch.equal(lookahead.average["weight"], torch.zeros(1, 2))
-    lookahead.after_step(2, 10)                           # decay 0.25 * 0.2**3: almost all new weights
+    lookahead.after_step(At(2, 10))                       # decay 0.25 * 0.2**3: almost all new weights
     expected = 1 - 0.25 * 0.2 ** 3
     assert torch.allclose(lookahead.average["weight"], torch.full((1, 2), expected))
     assert torch.equal(model.weight, lookahead.average["weight"])   # training continues from the average
     with torch.no_grad():
         model.weight.fill_(3.0)
-    lookahead.after_step(7, 7)                            # the last step averages even off the grid
+    lookahead.after_step(At(7, 7))                        # the last step averages even off the grid
     assert torch.allclose(model.weight, torch.full((1, 2), 0.25 * expected + 0.75 * 3))
 
 

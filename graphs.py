@@ -1,0 +1,86 @@
+"""Training steps replayed as CUDA graphs, so that a GPU trains at its own pace instead of Python's.
+
+A small network's training step is a few hundred kernel launches, and issuing each takes the CPU
+longer than the GPU takes to run it: the GPU waits. Captured once as a CUDA graph, the whole step
+(forward, backward, optimizer update) is a single launch. Batches are copied into fixed input
+buffers, the learning rate lives in a GPU tensor that the schedule overwrites between replays
+(trainer.build_optimizer), and the loss stays on the device.
+"""
+from __future__ import annotations
+
+import torch
+
+# Eager steps before each capture: cuDNN times its kernels (benchmark mode), the optimizer creates its
+# state, and the caching allocator settles. Capturing any of that would fail or bake it in.
+WARMUP_STEPS = 3
+
+
+def can_capture(optimizer: torch.optim.Optimizer, precision: str, distributed: bool) -> str | None:
+    """None when a step with this setup can be captured, else why not (the run then stays eager)."""
+    if distributed:
+        return "data-parallel training (DDP) synchronises across processes inside the step"
+    if precision == "fp16":
+        return "fp16's gradient scaler checks for overflow on the host after every step"
+    lr = optimizer.param_groups[0]["lr"]
+    if not isinstance(lr, torch.Tensor) or not optimizer.defaults.get("fused"):
+        return f"the optimizer ({type(optimizer).__name__}) has no fused, tensor-learning-rate update"
+    return None
+
+
+class GraphedStep:
+    """trainer.train_step as a CUDA graph, re-captured when the batch shape or the set of trained
+    parameters changes (e.g. a layer frozen part-way through training)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.graph = None
+        self.key = None
+        self.steps_with_key = 0
+        self.images = self.labels = self.loss = None
+        self.stream = None
+
+    def _key(self, images, labels):
+        return (images.shape, images.dtype, labels.shape,
+                tuple(p.requires_grad for p in self.trainer.model.parameters()))
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        key = self._key(images, labels)
+        if key != self.key:
+            self.graph, self.key, self.steps_with_key = None, key, 0
+        if self.graph is None and self.steps_with_key >= WARMUP_STEPS:
+            self._capture(images, labels)
+        self.steps_with_key += 1
+        if self.graph is None:
+            return self._eager(images, labels)
+        self.images.copy_(images)
+        self.labels.copy_(labels)
+        self.graph.replay()
+        return self.loss.clone()
+
+    def _forward_backward_update(self, images, labels, cache_enabled: bool):
+        trainer = self.trainer
+        with trainer.autocast(cache_enabled=cache_enabled):
+            loss = trainer.loss_fn(trainer.network(trainer.prepare(images)), labels)
+        loss.backward()
+        trainer.optimizer.step()
+        return loss.detach()
+
+    def _eager(self, images, labels):
+        # On a side stream, as CUDA graphs want their warm-up (PyTorch's whole-network capture recipe).
+        self.stream = self.stream or torch.cuda.Stream()
+        self.stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.stream):
+            self.trainer.optimizer.zero_grad(set_to_none=True)
+            loss = self._forward_backward_update(images, labels, cache_enabled=True)
+        torch.cuda.current_stream().wait_stream(self.stream)
+        return loss
+
+    def _capture(self, images, labels):
+        self.images = self.trainer.prepare(images).clone()
+        self.labels = labels.clone()
+        # Gradients are allocated inside the graph's memory pool and overwritten by every replay.
+        self.trainer.optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            # Autocast's cache of cast weights must not outlive the capture.
+            self.loss = self._forward_backward_update(self.images, self.labels, cache_enabled=False)

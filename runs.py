@@ -1,0 +1,387 @@
+"""Run folders and the life of one training run.
+
+A run directory (runs/<script>/ by default) holds config.json, history.json, metrics.json,
+metrics.csv, best.pt and last.pt (see trainer.py); evaluation.json after --evaluate-only;
+tensorboard/ with --tensorboard. Rules that keep every result a user made:
+- a folder another process is training into is locked (released by the OS, even after SIGKILL);
+- a folder holding a run, finished or not, is continued only with --resume and replaced only with
+  --overwrite, and even then its files stay until the new run saves its first checkpoint.
+
+`Run` is what a task script starts: folder, lock, seed, device, precision, the data, the Trainer with
+the run's own callbacks (config.json, metrics.csv, live figure, TensorBoard), and the finish.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import numbers
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+import dataloaders
+import figures
+import graphs
+import hardware
+import monitor
+from trainer import Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer, format_final_table
+from utils import UsageError, UserError, check_writable, read_json, set_seed, write_json
+
+ROOT = Path(__file__).resolve().parent
+RUNS_DIR = ROOT / "runs"
+PLOT_DIR = ROOT / "plots"
+OUTPUTS = ("config.json", "history.json", "metrics.json", "metrics.csv", "best.pt", "last.pt", "evaluation.json")
+TENSORBOARD_DIR = "tensorboard"
+
+
+# ---------------------------------------------------------------- folders
+
+def run_dir_of(args) -> Path:
+    return Path(args.run_dir) if args.run_dir is not None else RUNS_DIR / args.name
+
+
+def seed_run_dir(run_dir: Path, seed: int) -> Path:
+    return Path(run_dir).with_name(f"{Path(run_dir).name}-seed{seed}")
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def lock(run_dir: Path):
+    """An exclusive lock released by the OS when the process dies, even by SIGKILL."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock, but nothing else changes
+        return None
+    handle = open(Path(run_dir) / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UserError(f"another run is writing to {run_dir}; wait for it to finish or choose "
+                        "another --run-dir") from None
+    return handle
+
+
+def is_being_trained(run_dir: Path) -> bool:
+    """True while another process holds the run directory's lock."""
+    if not (Path(run_dir) / ".lock").exists():
+        return False
+    try:
+        handle = lock(run_dir)
+    except UserError:
+        return True
+    if handle:
+        handle.close()
+    return False
+
+
+# Flags that change how a run is carried out, not what it computes: they may differ on --resume and
+# are not compared with the checkpoint.
+RUN_ONLY = {"data_dir", "device", "compile", "cuda_graphs", "deterministic", "run_dir", "plot_dir", "resume",
+            "overwrite", "tensorboard", "evaluate_only", "seeds", "debug"}
+
+
+def run_settings(args) -> dict:
+    """The settings a checkpoint is compared with on --resume: what the run computes, not where.
+    (TrainConfig's own fields are compared by the Trainer.)"""
+    config_fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    return {key: _json_value(value) for key, value in vars(args).items()
+            if key not in RUN_ONLY and key not in config_fields}
+
+
+def status(run_dir: Path) -> str:
+    """'finished' (metrics.json), 'unfinished' (last.pt without metrics.json) or 'empty'."""
+    run_dir = Path(run_dir)
+    if (run_dir / "metrics.json").exists():
+        return "finished"
+    if (run_dir / "last.pt").exists():
+        return "unfinished"
+    return "empty"
+
+
+def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False):
+    """Lock `run_dir` for this run, or refuse (before any work) to touch a run the user did not name."""
+    run_dir = Path(run_dir)
+    if evaluate_only and not (run_dir / "best.pt").is_file():
+        raise UserError(f"nothing to evaluate: {run_dir / 'best.pt'} does not exist; train first, or point "
+                        "--run-dir at a finished run")
+    check_writable(run_dir)
+    handle = lock(run_dir)
+    state = status(run_dir)
+    refusal = None
+    if state == "finished" and not (resume or overwrite or evaluate_only):
+        refusal = (f"{run_dir} holds a finished run; start over with --overwrite (its results stay until the "
+                   "new run saves its first checkpoint) or choose another --run-dir")
+    elif state == "unfinished" and not (resume or overwrite):
+        refusal = f"{run_dir} holds an unfinished run; continue it with --resume, or start over with --overwrite"
+    if refusal:
+        if handle:  # a caller that catches this error (a notebook, a test) must not keep the lock
+            handle.close()
+        raise UsageError(refusal)
+    return handle
+
+
+def replace_previous(run_dir: Path) -> None:
+    """Remove a previous run's files: done when the new run writes its first checkpoint."""
+    for name in OUTPUTS:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+    shutil.rmtree(Path(run_dir) / TENSORBOARD_DIR, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- reading runs back
+
+def _require(condition: bool, path: Path, what: str) -> None:
+    if not condition:
+        raise UserError(f"{path} is damaged: {what}; rerun the script that writes it")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_metrics(metrics, path: Path) -> None:
+    _require(isinstance(metrics, dict), path, "it holds no object")
+    for split in ("train", "validation", "test"):
+        result = metrics.get(split)
+        _require(isinstance(result, dict), path, f"it lacks train/validation/test loss and accuracy ('{split}' "
+                                                 "is missing or not an object)")
+        for measure in ("loss", "accuracy"):
+            _require(_is_number(result.get(measure)), path, f"{split} {measure} is {result.get(measure)!r}, "
+                                                            "not a number")
+    for key in ("epochs", "wall_seconds", "best_step", "steps"):
+        _require(metrics.get(key) is None or _is_number(metrics[key]), path, f"{key} is not a number")
+    confusion = metrics["test"].get("confusion")
+    _require(confusion is None or (isinstance(confusion, list) and all(
+        isinstance(row, list) and len(row) == len(confusion) and all(isinstance(c, int) for c in row)
+        for row in confusion)), path, "the test confusion matrix is not a square table of counts")
+
+
+def check_history(history, path: Path) -> None:
+    """A history that parses but holds nothing would draw an empty figure: refuse it."""
+    _require(isinstance(history, dict), path, "it holds no object")
+    train = history.get("train_loss")
+    _require(isinstance(train, dict) and isinstance(train.get("steps"), list) and isinstance(train.get("values"), list)
+             and len(train["steps"]) == len(train["values"]), path, "no train_loss steps/values of equal length")
+    validations = history.get("validation")
+    _require(isinstance(validations, list) and all(
+        isinstance(p, dict) and all(_is_number(p.get(k)) for k in ("step", "loss", "accuracy"))
+        for p in validations), path, "validation points without numeric step, loss and accuracy")
+    _require(all(_is_number(v) for v in train["values"]), path, "training losses that are not numbers")
+    if not train["steps"] or not validations:
+        raise UserError(f"{path} holds no training steps or no validation; rerun the script that writes it")
+
+
+def check_config(config, path: Path) -> None:
+    _require(isinstance(config, dict), path, "it holds no object")
+    for section in ("settings", "resolved", "data", "versions"):
+        _require(isinstance(config.get(section, {}), dict), path, f"'{section}' is not an object")
+    for key in ("title", "name"):
+        _require(config.get(key) is None or isinstance(config[key], str), path, f"{key} is not text")
+
+
+def read_run(run_dir: Path) -> dict:
+    """config, history and metrics of a finished run; a damaged file is a UserError naming it."""
+    run_dir = Path(run_dir)
+    run = {name: read_json(run_dir / f"{name}.json") for name in ("config", "history", "metrics")}
+    check_config(run["config"], run_dir / "config.json")
+    check_history(run["history"], run_dir / "history.json")
+    check_metrics(run["metrics"], run_dir / "metrics.json")
+    return run
+
+
+def read_unfinished(run_dir: Path) -> dict:
+    """config and history of a run still training (or stopped before its end), for a live figure."""
+    run_dir = Path(run_dir)
+    run = {name: read_json(run_dir / f"{name}.json") for name in ("config", "history")}
+    check_config(run["config"], run_dir / "config.json")
+    check_history(run["history"], run_dir / "history.json")
+    return run
+
+
+def is_smoke_run(config: dict) -> bool:
+    settings = config.get("settings", {})
+    return bool(settings.get("subset") or settings.get("max_steps"))
+
+
+# ---------------------------------------------------------------- one run
+
+def _json_value(value):
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+class RunFiles(Callback):
+    """Writes config.json and clears a previous run's files, once, before the run's first checkpoint."""
+
+    def __init__(self, run: "Run"):
+        self.run = run
+
+    def before_first_save(self, trainer) -> None:
+        if trainer.is_main:
+            replace_previous(trainer.run_dir)
+            self.run.write_config()
+
+
+class Run:
+    """One run of a task script. `Run.start(args, title)` prepares the folder, lock, seed, device and
+    precision; `load_cifar10`, `trainer` and `finish` follow in the script."""
+
+    def __init__(self, args, title: str, started: float):
+        self.args, self.title, self.started = args, title, started
+        self.dir = run_dir_of(args)
+        self.args.run_dir = self.dir
+        self.rank, self.world_size, self.device = hardware.init_distributed(args.device)
+        self.is_main = self.rank == 0
+        self.lock = None
+        self.previous = "empty"
+        self.data = {}
+        self.model_info = {}
+        self.config = None
+        self.resolved = {}
+        self.graph_note = None
+
+    @classmethod
+    def start(cls, args, title: str) -> "Run":
+        run = cls(copy.copy(args), title, time.perf_counter())
+        args = run.args
+        precision, why = hardware.resolve_precision(args.precision, run.device)  # may refuse: before any file
+        if run.is_main:
+            run.previous = status(run.dir)
+            run.lock = claim(run.dir, args.resume, args.overwrite, args.evaluate_only)
+            if not args.evaluate_only:
+                check_writable(args.plot_dir)
+        set_seed(args.seed)
+        if args.deterministic:
+            hardware.make_deterministic()
+        elif run.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN time its kernels once
+        if run.device.type == "cpu":
+            hardware.keep_freed_memory()
+        fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
+        run.config = TrainConfig(**{name: getattr(args, name) for name in fields}, precision=precision,
+                                 channels_last=hardware.uses_channels_last(precision, run.device),
+                                 cuda_graphs=args.cuda_graphs and run.device.type == "cuda" and run.world_size == 1
+                                 and precision != "fp16" and not args.compile)
+        run.resolved = {"device": str(run.device), "device_name": hardware.describe_device(run.device),
+                        "precision": precision, "precision_reason": why,
+                        "channels_last": run.config.channels_last, "world_size": run.world_size,
+                        "deterministic": args.deterministic}
+        return run
+
+    # ---------------------------------------------------------------- data and model
+
+    def load_cifar10(self, transform=None, augmentation=None):
+        """Train, validation and test loaders with this run's split, seed, subset and device.
+
+        `augmentation` replaces the default dataloaders.Augmentation() that --augment turns on.
+        """
+        args = self.args
+        loaders = dataloaders.load_cifar10(
+            args.batch_size, args.validation_fraction, seed=args.seed, data_dir=args.data_dir, device=self.device,
+            transform=transform, augment=(augmentation or dataloaders.Augmentation()) if args.augment else None,
+            subset=args.subset, rank=self.rank, world_size=self.world_size)
+        train = loaders[0]
+        self.data = {"source": train.source, "transform": repr(train.transform), "augmentation": repr(train.augment),
+                     **{f"{name}_images": loader.num_images * self.world_size
+                        for name, loader in zip(("train", "validation", "test"), loaders)}}
+        return loaders
+
+    def optimizer(self, model, **kwargs):
+        """The optimizer the flags name (trainer.build_optimizer), ready for this run's device."""
+        return build_optimizer(self.config, model.to(self.device).parameters(), **kwargs)
+
+    def trainer(self, model, train_loader, val_loader, test_loader, *, optimizer=None, callbacks=(),
+                **recipe) -> Trainer:
+        """The Trainer for this run: its folder, device and precision, the task's recipe (optimizer,
+        lr_schedule, loss_fn, predict, callbacks), and the run's own callbacks; resumed with --resume."""
+        args = self.args
+        self.model_info = {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+                           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                           "repr": repr(model)}
+        optimizer = optimizer or self.optimizer(model)
+        why_not = graphs.can_capture(optimizer, self.config.precision, self.world_size > 1)
+        if self.config.cuda_graphs and why_not:
+            self.config = dataclasses.replace(self.config, cuda_graphs=False)
+            self.graph_note = f"eager steps: {why_not}"
+        own = [RunFiles(self), monitor.MetricsCSV(self.dir / "metrics.csv"),
+               monitor.LiveFigure(self.figure_path, self.title, show_test=self.config.track_test)]
+        if args.tensorboard:
+            own.append(monitor.TensorBoard(self.dir / TENSORBOARD_DIR, self.title, self.config.track_test))
+        trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
+                          optimizer=optimizer, callbacks=[*callbacks, *own], settings=run_settings(args),
+                          protect_previous=self.previous != "empty" and not args.resume,
+                          evaluate_only=args.evaluate_only, started=self.started, **recipe)
+        if args.compile:
+            trainer.network = torch.compile(trainer.network)
+        if args.resume:
+            trainer.resume()
+            if self.is_main:
+                self.write_config()  # the run continues with this command's settings (e.g. more epochs)
+        if self.is_main:
+            print(f"{self.title}: {self.data['train_images']} train / {self.data['validation_images']} validation / "
+                  f"{self.data['test_images']} test images from {self.data['source']}; {self.device} "
+                  f"({self.resolved['device_name']}), {self.config.precision}"
+                  f"{', CUDA graphs' if self.config.cuda_graphs else ''}, {self.world_size} process(es)",
+                  file=sys.stderr)
+        return trainer
+
+    @property
+    def figure_path(self) -> Path:
+        return Path(self.args.plot_dir) / f"{self.args.name}.png"
+
+    def write_config(self) -> None:
+        resolved = {**self.resolved, "cuda_graphs": self.config.cuda_graphs,
+                    **({"cuda_graphs_note": self.graph_note} if self.graph_note else {})}
+        write_json({"name": self.args.name, "title": self.title,
+                    "settings": {key: _json_value(value) for key, value in sorted(vars(self.args).items())},
+                    "resolved": resolved, "data": self.data, "model": self.model_info,
+                    "versions": hardware.versions()}, self.dir / "config.json")
+
+    # ---------------------------------------------------------------- the end
+
+    def finish(self, trainer: Trainer) -> dict:
+        """Print the final table of trainer.fit(); write the figure (or evaluation.json after
+        --evaluate-only); release the folder. Returns the final metrics."""
+        metrics = trainer.metrics
+        try:
+            if self.is_main:
+                self._report(metrics, trainer)
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(f"interrupted after the run had finished: its results are in {self.dir}; "
+                                      "python report.py redraws its figure") from None
+        finally:
+            trainer.close()
+            if self.world_size > 1:
+                # Every process leaves together: one tearing down its process group while rank 0 still
+                # writes the outputs could abort ("terminate called without an active exception").
+                dist.barrier()
+            if self.lock:
+                self.lock.close()
+        return metrics
+
+    def _report(self, metrics: dict, trainer: Trainer) -> None:
+        if self.args.evaluate_only:
+            path = write_evaluation(metrics, self.dir)
+            print(f"\n{self.title}, {self.dir / 'best.pt'} (step {metrics['best_step']}) evaluated again:\n"
+                  f"{format_final_table(metrics)}\nwritten: {path}")
+            return
+        figure = figures.training_curves({self.title: trainer.history}, self.figure_path, title=self.title,
+                                         show_test=self.config.track_test)
+        print(f"\n{self.title} (best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
+        print(f"figure: {figure}\nrun directory: {self.dir}")
+
+
+def write_evaluation(metrics: dict, run_dir: Path) -> Path:
+    path = Path(run_dir) / "evaluation.json"
+    write_json({**metrics, "evaluated": time.strftime("%Y-%m-%d %H:%M:%S"), "of": str(Path(run_dir) / "best.pt")},
+               path)
+    return path

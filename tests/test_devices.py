@@ -1,0 +1,173 @@
+"""Devices: what --device auto picks (CUDA, Apple MPS, CPU; MPS mocked here), refusals before any work,
+no float64 on the device, and on a real GPU (skipped without one): GPU-resident data, the precision
+auto picks, CUDA graphs against eager steps, the resume of the CUDA random state."""
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import dataloaders
+import graphs
+import hardware
+import task2
+import task3d
+from conftest import needs_cuda, run_script
+from test_robustness import one_line_error, outcome
+from trainer import TrainConfig, Trainer
+
+
+# ---------------------------------------------------------------- auto, and what is refused
+
+@pytest.mark.parametrize("cuda, mps, distributed, expected", [
+    (True, True, False, "cuda"), (False, True, False, "mps"), (False, False, False, "cpu"),
+    (False, True, True, "cpu"),   # torchrun has no process-group backend for MPS: auto does not pick it
+])
+def test_auto_takes_cuda_then_mps_then_the_cpu(monkeypatch, cuda, mps, distributed, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(hardware, "mps_available", lambda: mps)
+    assert hardware.select_device("auto", distributed=distributed).type == expected
+
+
+def test_mps_is_refused_under_torchrun_even_where_it_exists(monkeypatch):
+    monkeypatch.setattr(hardware, "mps_available", lambda: True)
+    assert hardware.check_device("mps") == "mps"
+    with pytest.raises(hardware.UsageError, match="cannot train under torchrun"):
+        hardware.check_device("mps", distributed=True)
+
+
+@pytest.mark.parametrize("device", ["mps", "cuda", "cuda:7"])
+def test_an_unavailable_device_is_refused_before_the_data_is_loaded(device, monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(hardware, "mps_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(dataloaders, "load_raw", lambda *a, **k: pytest.fail("data loaded"))
+    code, stderr = outcome(task2.main, ["--device", device, "--run-dir", tmp_path / "run",
+                                        "--plot-dir", tmp_path / "plots"], capsys)
+    assert code == 2 and f"--device {device}" in stderr and one_line_error(stderr)
+    assert not (tmp_path / "run").exists()
+
+
+class Float64Watch(TorchDispatchMode):
+    """Records every op that makes a float64 tensor (Apple's MPS has no float64)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outputs = out if isinstance(out, (tuple, list)) else [out]
+        if any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in outputs):
+            self.ops.append(str(func))
+        return out
+
+
+def test_training_and_evaluation_make_no_float64_tensor(folder_data, tmp_path):
+    """Exact sums without float64 on the device: int64 counts, and the loss summed on the host."""
+    loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
+    torch.manual_seed(0)
+    trainer = Trainer(task2.Task2Model(), *loaders, TrainConfig(max_steps=3, batch_size=16), tmp_path, "cpu")
+    watch = Float64Watch()
+    with watch:
+        trainer.train()
+        result = trainer.evaluate(trainer.test_loader)
+    assert watch.ops == []
+    assert sum(map(sum, result["confusion"])) == 100 and isinstance(result["loss"], float)
+
+
+# ---------------------------------------------------------------- on a real GPU
+
+@needs_cuda
+def test_the_data_lives_on_the_gpu(folder_data):
+    train, val, test = dataloaders.load_cifar10(16, data_dir=folder_data, device="cuda", download=False)
+    assert all(loader.images.is_cuda and loader.labels.is_cuda for loader in (train, val, test))
+    images, labels = next(train.batches(0))
+    assert images.is_cuda and images.dtype == torch.float32 and labels.is_cuda
+
+
+@needs_cuda
+def test_precision_auto_on_this_gpu_is_recorded_with_its_reason(folder_data, tmp_path):
+    major, _ = torch.cuda.get_device_capability()
+    expected = "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
+    assert hardware.resolve_precision("auto", torch.device("cuda"))[0] == expected
+    result = run_script("task2.py", "--data-dir", folder_data, "--max-steps", 4, "--batch-size", 16,
+                        "--run-dir", tmp_path / "run", "--plot-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["device"].startswith("cuda") and resolved["precision"] == expected
+    assert "compute capability" in resolved["precision_reason"]
+    assert resolved["cuda_graphs"] == (expected != "fp16")
+
+
+def _trained(folder_data, run_dir, cuda_graphs, model, steps=30, callbacks=()):
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    loaders = dataloaders.load_cifar10(16, data_dir=folder_data, device="cuda", download=False)
+    config = TrainConfig(max_steps=steps, batch_size=16, momentum=0.9, precision="fp32", cuda_graphs=cuda_graphs)
+    trainer = Trainer(model, *loaders, config, run_dir, "cuda", callbacks=callbacks)
+    trainer.train()
+    return trainer
+
+
+@needs_cuda
+def test_a_cuda_graph_step_trains_as_the_eager_step(folder_data, tmp_path):
+    runs = {}
+    for graphed in (False, True):
+        torch.manual_seed(0)
+        runs[graphed] = _trained(folder_data, tmp_path / str(graphed), graphed, task2.Task2Model())
+    assert runs[True].step_runner is not None and runs[True].step_runner.graph is not None
+    assert runs[False].step_runner is None
+    eager, graphed = (runs[g].history["train_loss"]["values"] for g in (False, True))
+    assert eager == pytest.approx(graphed, rel=1e-3, abs=1e-4)
+    for name, tensor in runs[False].model.state_dict().items():
+        assert torch.allclose(tensor.float(), runs[True].model.state_dict()[name].float(), rtol=1e-3, atol=1e-4), name
+
+
+@needs_cuda
+def test_freezing_a_layer_mid_run_is_captured_anew(folder_data, tmp_path):
+    torch.manual_seed(0)
+    model = task3d.Task3dModel((8, 16, 16))
+    trainer_epochs = 2
+    freeze = task3d.FreezeWhiteningBias(model, epochs=1)
+    loaders = dataloaders.load_cifar10(16, data_dir=folder_data, device="cuda", download=False)
+    config = TrainConfig(epochs=trainer_epochs, batch_size=16, momentum=0.9, precision="fp32", cuda_graphs=True)
+    trainer = Trainer(model, *loaders, config, tmp_path, "cuda", callbacks=[freeze],
+                      optimizer=None)
+    biases = []
+    real_step = trainer.train_step
+
+    def step_and_watch(images, labels):
+        loss = real_step(images, labels)
+        biases.append(model.whitening.bias.detach().clone())
+        return loss
+    trainer.train_step = step_and_watch
+    trainer.train()
+    frozen_from = freeze.steps                            # steps that trained the bias
+    assert 3 < frozen_from < trainer.step - 3
+    assert not torch.equal(biases[frozen_from - 2], biases[frozen_from - 1])
+    assert all(torch.equal(biases[frozen_from - 1], later) for later in biases[frozen_from:])
+    assert trainer.step_runner.graph is not None           # captured again after the freeze
+
+
+@needs_cuda
+def test_the_cuda_random_state_is_resumed(folder_data, tmp_path):
+    trainer = _trained(folder_data, tmp_path, True, task2.Task2Model(), steps=5)
+    torch.cuda.manual_seed(1234)
+    saved = torch.cuda.get_rng_state()
+    trainer.save_last()
+    torch.cuda.manual_seed(99)
+    resumed = _trained(folder_data, tmp_path / "other", True, task2.Task2Model(), steps=1)
+    resumed.run_dir = tmp_path
+    resumed.resume()
+    assert torch.equal(torch.cuda.get_rng_state(), saved)
+
+
+@needs_cuda
+def test_a_setup_that_cannot_be_captured_says_why():
+    model = nn.Linear(4, 2).cuda()
+    plain = torch.optim.RMSprop(model.parameters(), lr=0.1)
+    assert "RMSprop" in graphs.can_capture(plain, "bf16", distributed=False)
+    fused = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device="cuda"), fused=True)
+    assert graphs.can_capture(fused, "bf16", distributed=False) is None
+    assert "scaler" in graphs.can_capture(fused, "fp16", distributed=False)
+    assert "DDP" in graphs.can_capture(fused, "bf16", distributed=True)

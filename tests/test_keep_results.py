@@ -1,0 +1,218 @@
+"""Nothing a user made is lost, and every odd input ends in one named line.
+
+A new run into a folder holding a finished run is refused without --overwrite; with it, the old files
+stay until the new run saves its first checkpoint, so a run that diverges, is interrupted or crashes
+before that leaves the old one exactly as it was.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import dataloaders
+import resnet
+import task2
+import utils
+from conftest import ROOT
+from runs import read_run
+from test_robustness import ONE_THREAD, one_line_error, outcome, snapshot, task2_args
+from trainer import Trainer
+
+
+@pytest.fixture(scope="module")
+def finished(folder_data, tmp_path_factory):
+    """A finished tiny Task 2 run (and its figure), made once; tests work on copies."""
+    base = tmp_path_factory.mktemp("finished")
+    code = subprocess.run([sys.executable, str(ROOT / "task2.py"),
+                           *map(str, task2_args(folder_data, base / "run", base / "plots"))],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ONE_THREAD, "MPLBACKEND": "Agg"})
+    assert code.returncode == 0, code.stderr
+    return base
+
+
+def run(entry, argv, capsys):
+    """(exit code, stderr) of `entry` through cli.main: 0 when it returns."""
+    try:
+        return outcome(entry, argv, capsys)
+    except pytest.fail.Exception:  # outcome() expects an exit; a run that succeeds returns
+        return 0, capsys.readouterr().err
+
+
+def copy_of(finished, tmp_path):
+    shutil.copytree(finished / "run", tmp_path / "run")
+    shutil.copytree(finished / "plots", tmp_path / "plots")
+    return tmp_path / "run", tmp_path / "plots"
+
+
+def everything(run_dir, plot_dir):
+    return snapshot(run_dir), snapshot(plot_dir)
+
+
+def test_a_finished_run_is_refused_without_overwrite(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    before = everything(run_dir, plot_dir)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir), capsys)
+    assert code == 2 and one_line_error(stderr)
+    assert "holds a finished run" in stderr and "--overwrite" in stderr and "--run-dir" in stderr
+    assert everything(run_dir, plot_dir) == before
+
+
+def diverge_at_once(monkeypatch):
+    return ["--lr", "1e12"]  # the loss is not finite after the first steps, long before the first validation
+
+
+def interrupt_at_step_2(monkeypatch):
+    real, calls = Trainer.train_step, []
+
+    def step(self, images, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, images, labels)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    return []
+
+
+def crash_at_step_2(monkeypatch):
+    real, calls = Trainer.train_step, []
+
+    def step(self, images, labels):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("a bug in the middle of training")
+        return real(self, images, labels)
+    monkeypatch.setattr(Trainer, "train_step", step)
+    return []
+
+
+@pytest.mark.parametrize("failure, code, says", [
+    (diverge_at_once, 1, "training diverged"),
+    (interrupt_at_step_2, 130, "nothing was saved"),
+    (crash_at_step_2, 1, "This is a bug"),
+])
+def test_overwrite_keeps_the_old_run_until_the_new_one_saves(failure, code, says, folder_data, finished, tmp_path,
+                                                             capsys, monkeypatch):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    before = everything(run_dir, plot_dir)
+    extra = failure(monkeypatch)
+    ended, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", *extra), capsys)
+    assert ended == code and says in stderr
+    if failure is not crash_at_step_2:
+        assert one_line_error(stderr) or "error:" not in stderr
+        assert "previous run" in stderr and "as it was" in stderr
+    assert everything(run_dir, plot_dir) == before
+
+
+def test_overwrite_replaces_the_old_run_once_the_new_one_saves(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    old = read_run(run_dir)
+    code, _ = run(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 0
+    new = read_run(run_dir)
+    assert new["config"]["settings"]["lr"] == 0.01 and new["metrics"]["test"] != old["metrics"]["test"]
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + len(new["history"]["validation"])      # the old run's rows are gone
+
+
+def test_resume_with_the_best_checkpoint_missing_names_it(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    last = utils.load_checkpoint(run_dir / "last.pt")
+    last["best"]["step"] = last["history"]["validation"][0]["step"]     # best weights from an earlier step
+    utils.save_checkpoint(last, run_dir / "last.pt")
+    (run_dir / "best.pt").unlink()
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--resume"), capsys)
+    assert code == 1 and one_line_error(stderr) and f"{run_dir / 'best.pt'} is missing" in stderr
+
+
+def test_ctrl_c_while_the_data_loads_says_nothing_was_trained(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(dataloaders, "load_raw", interrupted)
+    code, stderr = outcome(task2.main, ["--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots"], capsys)
+    assert code == 130 and "nothing was trained" in stderr and "--resume" not in stderr and "Traceback" not in stderr
+
+
+FAKE_TORCH = "import sys, time\nprint('importing torch', flush=True)\ntime.sleep(120)\n"
+
+
+def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
+    """A stand-in for PyTorch that takes long to import: Ctrl-C meanwhile must not print a traceback."""
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
+    process = subprocess.Popen([sys.executable, str(ROOT / "task2.py")], cwd=ROOT, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert process.stdout.readline().strip() == "importing torch"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip() == "interrupted while starting up: nothing was done"
+
+
+def test_divergence_before_any_validation_claims_no_checkpoint(folder_data, tmp_path, capsys):
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots",
+                                                  "--lr", "1e12"), capsys)
+    assert code == 1 and one_line_error(stderr) and "diverged at step" in stderr
+    assert "no validation had run yet" in stderr and "is kept" not in stderr
+    assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_image_that_is_a_folder_or_too_large(tmp_path, monkeypatch):
+    with pytest.raises(utils.UserError, match="is a folder; pass one image file"):
+        resnet.load_image(tmp_path)
+    from PIL import Image
+    path = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)    # 60,000 pixels: past twice the limit
+    with pytest.raises(utils.UserError, match="too large: Pillow refuses images above 20,000 pixels"):
+        resnet.load_image(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)    # between the limit and twice it: a warning only
+    with pytest.raises(utils.UserError, match="too large"):
+        resnet.load_image(path)
+
+
+def test_images_per_second_counts_the_images_trained(folder_data, tmp_path, capsys):
+    # A batch larger than the training set: every step trains on all 160 images, not 100,000.
+    run_dir = tmp_path / "run"
+    assert run(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--batch-size", "100000"),
+               capsys)[0] == 0
+    metrics = read_run(run_dir)["metrics"]
+    assert metrics["steps"] == 4 and metrics["images_trained"] == 4 * 160
+    assert metrics["train_images_per_s"] == pytest.approx(4 * 160 / metrics["train_seconds"], rel=0.01)
+
+
+def test_wall_time_of_every_process_of_a_resumed_run(folder_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = task2_args(folder_data, run_dir, tmp_path / "plots")
+    assert run(task2.main, [*args, "--max-steps", "5"], capsys)[0] == 0
+    first = read_run(run_dir)["metrics"]["wall_seconds_per_process"]
+    assert run(task2.main, [*args, "--max-steps", "10", "--resume"], capsys)[0] == 0
+    metrics = read_run(run_dir)["metrics"]
+    assert len(first) == 1 and len(metrics["wall_seconds_per_process"]) == 2
+    assert metrics["wall_seconds_per_process"][0] == first[0]
+    assert metrics["wall_seconds"] == pytest.approx(sum(metrics["wall_seconds_per_process"]), abs=0.11)
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".best.pt.{dead.pid}.x1y2.tmp"
+    stale.write_bytes(b"half of a checkpoint from a writer killed mid-write")
+    alive = tmp_path / f".best.pt.{os.getppid()}.a1b2.tmp"  # a writer still at work: left alone
+    alive.write_bytes(b"being written")
+    other = tmp_path / f".last.pt.{dead.pid}.c3d4.tmp"      # another file's: not this write's business
+    other.write_bytes(b"")
+    utils.save_checkpoint({"step": 1}, tmp_path / "best.pt")
+    assert not stale.exists() and alive.exists() and other.exists()
+    assert utils.load_checkpoint(tmp_path / "best.pt") == {"step": 1}
+
+
+def test_no_float_that_float32_cannot_hold(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "task2.py"), "--lr", "1e300", "--run-dir", tmp_path / "r"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--lr" in result.stderr
+    assert "float32" in result.stderr and not (tmp_path / "r").exists()
