@@ -68,11 +68,17 @@ class GraphedStep:
     def _eager(self, images, labels):
         # On a side stream, as CUDA graphs want their warm-up (PyTorch's whole-network capture recipe).
         self.stream = self.stream or torch.cuda.Stream()
-        self.stream.wait_stream(torch.cuda.current_stream())
+        main = torch.cuda.current_stream()
+        self.stream.wait_stream(main)
         with torch.cuda.stream(self.stream):
+            # Tell the caching allocator which stream still uses memory allocated on the other, so that
+            # it reuses no block before that stream is done with it.
+            images.record_stream(self.stream)
+            labels.record_stream(self.stream)
             self.trainer.optimizer.zero_grad(set_to_none=True)
             loss = self._forward_backward_update(images, labels, cache_enabled=True)
-        torch.cuda.current_stream().wait_stream(self.stream)
+        main.wait_stream(self.stream)
+        loss.record_stream(main)
         return loss
 
     def _capture(self, images, labels):

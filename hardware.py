@@ -85,7 +85,8 @@ def init_distributed(device_name: str):
     device = select_device(device_name, int(os.environ.get("LOCAL_RANK", 0)), distributed=True)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if not dist.is_initialized():  # (--seeds: the next run of the same processes)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
 

@@ -118,7 +118,7 @@ def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = Fa
     if state == "finished" and not (resume or overwrite or evaluate_only):
         refusal = (f"{run_dir} holds a finished run; start over with --overwrite (its results stay until the "
                    "new run saves its first checkpoint) or choose another --run-dir")
-    elif state == "unfinished" and not (resume or overwrite):
+    elif state == "unfinished" and not (resume or overwrite or evaluate_only):
         refusal = f"{run_dir} holds an unfinished run; continue it with --resume, or start over with --overwrite"
     if refusal:
         if handle:  # a caller that catches this error (a notebook, a test) must not keep the lock

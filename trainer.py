@@ -66,7 +66,8 @@ class TrainConfig:
 
 
 # Settings that may change when a run is resumed; everything else must match.
-RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs"}
+# (channels_last is a memory layout: a run may move between a CPU and a GPU in the same precision.)
+RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs", "channels_last"}
 
 
 class TrainingDiverged(UserError):
