@@ -15,8 +15,11 @@ import torch
 WARMUP_STEPS = 3
 
 
-def can_capture(optimizer: torch.optim.Optimizer, precision: str, distributed: bool) -> str | None:
+def can_capture(optimizer: torch.optim.Optimizer, precision: str, distributed: bool,
+                compiled: bool = False) -> str | None:
     """None when a step with this setup can be captured, else why not (the run then stays eager)."""
+    if compiled:
+        return "--compile makes its own graphs (torch.compile(mode='reduce-overhead') captures them)"
     if distributed:
         return "data-parallel training (DDP) synchronises across processes inside the step"
     if precision == "fp16":

@@ -269,8 +269,7 @@ class Run:
         fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
         run.config = TrainConfig(**{name: getattr(args, name) for name in fields}, precision=precision,
                                  channels_last=hardware.uses_channels_last(precision, run.device),
-                                 cuda_graphs=args.cuda_graphs and run.device.type == "cuda" and run.world_size == 1
-                                 and precision != "fp16" and not args.compile)
+                                 cuda_graphs=args.cuda_graphs and run.device.type == "cuda")
         run.resolved = {"device": str(run.device), "device_name": hardware.describe_device(run.device),
                         "precision": precision, "precision_reason": why,
                         "channels_last": run.config.channels_last, "world_size": run.world_size,
@@ -308,7 +307,7 @@ class Run:
                            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                            "repr": repr(model)}
         optimizer = optimizer or self.optimizer(model)
-        why_not = graphs.can_capture(optimizer, self.config.precision, self.world_size > 1)
+        why_not = graphs.can_capture(optimizer, self.config.precision, self.world_size > 1, args.compile)
         if self.config.cuda_graphs and why_not:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"
