@@ -253,7 +253,7 @@ def main(argv=None):
                     (f"(c) project, default ({auto}{', CUDA graph' if graphs_on else ''})", auto,
                      project(model_class, images, labels, device, auto, graphs_on, args.warmup, run_dir))]
             if device.type == "cuda":
-                rows.append((f"(d) bound: (c)'s step on one batch", auto,
+                rows.append(("(d) bound: (c)'s step on one batch", auto,
                              project(model_class, images, labels, device, auto, graphs_on, args.warmup, run_dir,
                                      fixed_batch=True)))
                 if auto != "fp32":  # what --precision auto chose it over

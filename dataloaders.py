@@ -34,7 +34,8 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 CACHE_NAME = ".cifar10-uint8-cache.pt"
 CACHE_VERSION = 1
-# Evaluation batches: large enough to keep a GPU busy; on a CPU the size does not change the speed.
+# Images per evaluation batch. The loss is summed per batch, then over batches: another size would
+# change the last bits of every reported loss.
 EVAL_BATCH_SIZE = 500
 VALIDATION_FRACTION = 0.1
 
@@ -196,13 +197,17 @@ def _decode(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as image:
-            if image.mode.startswith("I;16"):
+            wide = np.asarray(image) if image.mode.startswith("I") else None  # Pillow's 16/32-bit integer modes
+            if wide is not None and (wide.min() < 0 or wide.max() > 65535):
+                raise UserError(f"{path} has pixel values outside 0..65535; save it as an 8- or 16-bit image")
+            if wide is not None:
                 # 16-bit greyscale: Pillow's convert("RGB") would clip every value above 255 to white.
-                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)
+                # (Mode "I" can also hold 8-bit values, which are kept as they are.)
+                eight_bit = image.mode == "I" and wide.max() <= 255
+                grey = wide.astype(np.uint8) if eight_bit else (wide.astype(np.uint16) >> 8).astype(np.uint8)
                 array = np.repeat(grey[..., None], 3, axis=2)
-            elif image.mode in ("I", "F"):
-                raise UserError(f"{path} has {'32-bit integer' if image.mode == 'I' else 'floating-point'} "
-                                "pixels; save it as an 8- or 16-bit image")
+            elif image.mode == "F":
+                raise UserError(f"{path} has floating-point pixels; save it as an 8- or 16-bit image")
             else:
                 array = np.asarray(image.convert("RGB"))
     except UserError:

@@ -290,8 +290,9 @@ def train(args):
     augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=args.crop_padding, padding_mode="reflect")
     train_loader, val_loader, test_loader = run.load_cifar10(augmentation=augmentation)
     model = Task3dModel(args.widths, whitening_bias=args.whitening_bias_epochs > 0, depths=args.depths)
-    print(model)
-    print(f"parameters: {sum(p.numel() for p in model.parameters()):,}")
+    if run.is_main:
+        print(f"{model}\nparameters: {sum(p.numel() for p in model.parameters()):,}")
+    # In this order: the average starts from the weights before the whitening fit (as the recipe was tuned).
     callbacks = [Lookahead(model, args.lookahead_every, args.lookahead_decay)] if args.lookahead_every else []
     callbacks.append(FitWhitening(model, train_loader, args.whitening_images))
     if args.whitening_bias_epochs:

@@ -4,7 +4,6 @@ A new run into a folder holding a finished run is refused without --overwrite; w
 stay until the new run saves its first checkpoint, so a run that diverges, is interrupted or crashes
 before that leaves the old one exactly as it was.
 """
-import json
 import os
 import shutil
 import signal

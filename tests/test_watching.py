@@ -2,7 +2,6 @@
 deterministic runs, evaluate-only, TensorBoard."""
 import csv
 import importlib.util
-import json
 
 import pytest
 import torch
