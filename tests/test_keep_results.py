@@ -64,27 +64,25 @@ def diverge_at_once(monkeypatch):
     return ["--lr", "1e12"]  # the loss is not finite after the first steps, long before the first validation
 
 
-def interrupt_at_step_2(monkeypatch):
+def fail_at_step(monkeypatch, step: int, error: BaseException) -> None:
+    """Make the Trainer's `step`-th training step of this process raise `error`."""
     real, calls = Trainer.train_step, []
 
-    def step(self, images, labels):
+    def train_step(self, images, labels):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
+        if len(calls) == step:
+            raise error
         return real(self, images, labels)
-    monkeypatch.setattr(Trainer, "train_step", step)
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+def interrupt_at_step_2(monkeypatch):
+    fail_at_step(monkeypatch, 2, KeyboardInterrupt())
     return []
 
 
 def crash_at_step_2(monkeypatch):
-    real, calls = Trainer.train_step, []
-
-    def step(self, images, labels):
-        calls.append(1)
-        if len(calls) == 2:
-            raise RuntimeError("a bug in the middle of training")
-        return real(self, images, labels)
-    monkeypatch.setattr(Trainer, "train_step", step)
+    fail_at_step(monkeypatch, 2, RuntimeError("a bug in the middle of training"))
     return []
 
 

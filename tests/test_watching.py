@@ -13,7 +13,7 @@ import task2
 import task3d
 import utils
 from runs import read_run
-from test_keep_results import run
+from test_keep_results import fail_at_step, run
 from test_robustness import one_line_error, snapshot, task2_args
 from trainer import TrainConfig, Trainer
 
@@ -67,14 +67,7 @@ def test_the_csv_continues_without_duplicates_after_resume(folder_data, tmp_path
                        callbacks=[monitor.MetricsCSV(tmp_path / "metrics.csv")])
 
     interrupted = trainer()
-    real, calls = Trainer.train_step, []
-
-    def step(self, images, labels):
-        calls.append(1)
-        if len(calls) == 20:
-            raise KeyboardInterrupt
-        return real(self, images, labels)
-    monkeypatch.setattr(Trainer, "train_step", step)
+    fail_at_step(monkeypatch, 20, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         interrupted.train()
     monkeypatch.undo()
