@@ -57,7 +57,7 @@ def load(entry, runs_dir: Path):
         else:
             return "missing", None, f"{folder} is missing: make it with `{command_for(entry, runs_dir)}`"
         try:
-            return state, runs.read_unfinished(folder), message
+            return state, runs.read_run(folder, finished=False), message
         except UserError:  # nothing to draw yet (no validation, or written by an older version)
             return state, None, message
     except UserError as error:
@@ -114,14 +114,15 @@ def confused_pairs(loaded: dict) -> list[str]:
     return lines
 
 
-def seed_groups(runs_dir: Path) -> tuple[list[str], list[str]]:
-    """Runs that differ only by seed, as mean ± sample std with n; and damaged runs found on the way."""
+def seed_groups(runs_dir: Path, loaded: dict) -> tuple[list[str], list[str]]:
+    """Runs that differ only by seed, as mean ± sample std with n; and damaged runs found on the way.
+    `loaded`: runs already read, by folder name."""
     groups, problems = {}, []
     folders = [p for p in Path(runs_dir).iterdir() if (p / "metrics.json").exists()]
     # Where two runs have the same seed (runs/task2 and --seeds' runs/task2-seed0), --seeds' run counts.
     for folder in sorted(folders, key=lambda p: ("-seed" not in p.name, p.name)):
         try:
-            run = runs.read_run(folder)
+            run = loaded.get(folder.name) or runs.read_run(folder)
         except UserError as error:
             problems.append(f"unusable: {error}")
             continue
@@ -193,7 +194,7 @@ def build_report(runs_dir: Path, plot_dir: Path, image: Path | None = None) -> t
     out += ["## Final metrics (best checkpoint)", ""]
     out += summary_table(loaded) if loaded else ["No finished run found."]
     out.append("")
-    seeds, seed_problems = seed_groups(runs_dir) if Path(runs_dir).is_dir() else ([], [])
+    seeds, seed_problems = seed_groups(runs_dir, loaded) if Path(runs_dir).is_dir() else ([], [])
     problems += [p for p in seed_problems if p not in problems]
     if seeds:
         out += ["## Several seeds", "", "Runs that differ only by their seed: mean ± sample standard deviation "

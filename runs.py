@@ -106,7 +106,8 @@ def status(run_dir: Path) -> str:
 
 
 def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False):
-    """Lock `run_dir` for this run, or refuse (before any work) to touch a run the user did not name."""
+    """Lock `run_dir` for this run, or refuse (before any work) to touch a run the user did not name.
+    Returns the lock and what the folder held (status)."""
     run_dir = Path(run_dir)
     if evaluate_only and not (run_dir / "best.pt").is_file():
         raise UserError(f"nothing to evaluate: {run_dir / 'best.pt'} does not exist; train first, or point "
@@ -124,7 +125,7 @@ def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = Fa
         if handle:  # a caller that catches this error (a notebook, a test) must not keep the lock
             handle.close()
         raise UsageError(refusal)
-    return handle
+    return handle, state
 
 
 def replace_previous(run_dir: Path) -> None:
@@ -185,22 +186,17 @@ def check_config(config, path: Path) -> None:
         _require(config.get(key) is None or isinstance(config[key], str), path, f"{key} is not text")
 
 
-def read_run(run_dir: Path) -> dict:
-    """config, history and metrics of a finished run; a damaged file is a UserError naming it."""
-    run_dir = Path(run_dir)
-    run = {name: read_json(run_dir / f"{name}.json") for name in ("config", "history", "metrics")}
-    check_config(run["config"], run_dir / "config.json")
-    check_history(run["history"], run_dir / "history.json")
-    check_metrics(run["metrics"], run_dir / "metrics.json")
-    return run
+CHECKS = {"config": check_config, "history": check_history, "metrics": check_metrics}
 
 
-def read_unfinished(run_dir: Path) -> dict:
-    """config and history of a run still training (or stopped before its end), for a live figure."""
+def read_run(run_dir: Path, finished: bool = True) -> dict:
+    """config, history and metrics of a finished run; a damaged file is a UserError naming it.
+    finished=False: config and history only, of a run still training (or stopped before its end)."""
     run_dir = Path(run_dir)
-    run = {name: read_json(run_dir / f"{name}.json") for name in ("config", "history")}
-    check_config(run["config"], run_dir / "config.json")
-    check_history(run["history"], run_dir / "history.json")
+    run = {}
+    for name in ("config", "history", "metrics") if finished else ("config", "history"):
+        run[name] = read_json(run_dir / f"{name}.json")
+        CHECKS[name](run[name], run_dir / f"{name}.json")
     return run
 
 
@@ -255,8 +251,7 @@ class Run:
         args = run.args
         precision, why = hardware.resolve_precision(args.precision, run.device)  # may refuse: before any file
         if run.is_main:
-            run.previous = status(run.dir)
-            run.lock = claim(run.dir, args.resume, args.overwrite, args.evaluate_only)
+            run.lock, run.previous = claim(run.dir, args.resume, args.overwrite, args.evaluate_only)
             if not args.evaluate_only:
                 check_writable(args.plot_dir)
         set_seed(args.seed)
