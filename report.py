@@ -206,7 +206,7 @@ def build_report(runs_dir: Path, plot_dir: Path, image: Path | None = None) -> t
                                        for split in ("train", "validation", "test")) + " accuracy.", ""]
     out += ["## Task 3b and 3c comparisons", ""]
     try:
-        task3_lines = task3_outputs(Path(runs_dir), Path(plot_dir))
+        task3_lines = task3_outputs(Path(runs_dir), Path(plot_dir), loaded)
     except UserError as error:
         task3_lines = [f"Task 3 comparison not drawn: {error}"]
         if not any(str(error) in problem for problem in problems):

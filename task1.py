@@ -112,8 +112,7 @@ def answers() -> dict:
 
 
 def main(argv=None) -> int:
-    parser = cli.Parser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.parse_args(argv)
     ours = answers()
     mismatches = [key for key in REPORT if ours[key] != REPORT[key]]

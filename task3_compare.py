@@ -20,15 +20,18 @@ from registry import BY_NAME, metrics_table, published_text  # noqa: E402
 from utils import UserError, write_text  # noqa: E402
 
 
-def load_runs(runs_dir: Path, names) -> tuple[dict, list[str]]:
-    """The runs that exist, and a message naming the command for each one that does not."""
+def load_runs(runs_dir: Path, names, read: dict) -> tuple[dict, list[str]]:
+    """The runs that exist, and a message naming the command for each one that does not.
+    `read`: runs already read, by name; the ones read here are added to it."""
     found, missing = {}, []
     for name in names:
         folder = Path(runs_dir) / name
         if not (folder / "metrics.json").exists():
             missing.append(f"missing run {folder}: make it with `{BY_NAME[name].command}`")
             continue
-        found[name] = runs.read_run(folder)
+        if name not in read:
+            read[name] = runs.read_run(folder)
+        found[name] = read[name]
     return found, missing
 
 
@@ -42,10 +45,11 @@ def table_markdown(models: dict) -> str:
                       f"Our data: {'; '.join(sources)}."])
 
 
-def task3_outputs(runs_dir: Path, plot_dir: Path) -> list[str]:
-    """Draw what the saved runs allow; return one line per output written or run missing."""
-    messages = []
-    models, missing = load_runs(runs_dir, ["task3_model1", "task3_model2"])
+def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) -> list[str]:
+    """Draw what the saved runs allow; return one line per output written or run missing.
+    `loaded`: finished runs the caller has read already (report.py), by name; not changed."""
+    messages, read = [], dict(loaded or {})
+    models, missing = load_runs(runs_dir, ["task3_model1", "task3_model2"], read)
     messages += missing
     if len(models) == 2:
         figure = figures.training_curves({BY_NAME[n].label: run["history"] for n, run in models.items()},
@@ -54,7 +58,7 @@ def task3_outputs(runs_dir: Path, plot_dir: Path) -> list[str]:
         table_path = Path(plot_dir) / "task3_table.md"
         write_text("# Task 3b\n\n" + table + "\n", table_path)
         messages += [f"wrote {figure}", f"wrote {table_path}:\n{table}"]
-    deepening, missing = load_runs(runs_dir, ["task3c_before", "task3_model1"])
+    deepening, missing = load_runs(runs_dir, ["task3c_before", "task3_model1"], read)
     messages += [m for m in missing if m not in messages]
     if len(deepening) == 2:
         before, after = (deepening[n]["metrics"]["test"]["accuracy"] for n in ("task3c_before", "task3_model1"))

@@ -222,6 +222,7 @@ class Lookahead(Callback):
     def __init__(self, model: nn.Module, every: int, decay: float):
         self.model, self.every, self.decay = model, every, decay
         self.average = None
+        self.pairs = None  # (averages, the model's tensors), paired once training starts
 
     def decay_at(self, step: int, total_steps: int) -> float:
         return self.decay ** self.every * (step / total_steps) ** 3

@@ -57,8 +57,7 @@ def main(argv=None):
     model = resnet.model_from_args(args)
     weights, activations = first_layer(model, image)
     title = f"First-layer filters and activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
-    path = figures.save(make_figure(weights, activations, args.indices, title),
-                             Path(args.plot_dir) / "task4b.png")
+    path = figures.save(make_figure(weights, activations, args.indices, title), Path(args.plot_dir) / "task4b.png")
     print(f"figure: {path}")
     return path
 

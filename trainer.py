@@ -159,16 +159,15 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
     on_graph = config.cuda_graphs
     lr = torch.tensor(config.lr, device=parameters[0].device) if on_graph else config.lr
     fused = {"fused": True} if on_graph else {}
+    capturable = {"fused": True, "capturable": True} if on_graph else {}  # Adam's step count on the GPU too
     name = config.optimizer
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
                                nesterov=nesterov, **fused)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay,
-                                **({"fused": True, "capturable": True} if on_graph else {}))
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay, **capturable)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay,
-                                 **({"fused": True, "capturable": True} if on_graph else {}))
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay, **capturable)
     if name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
@@ -596,14 +595,8 @@ class Trainer:
         at_best = self.best["step"] == self.step
         if not at_best:
             self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
-        metrics = {"train": self.evaluate(self.train_loader)}
-        if at_best and self.last_validation and self.last_validation[0] == self.step:
-            metrics["validation"] = self.last_validation[1]
-        else:
-            metrics["validation"] = self.evaluate(self.val_loader)
-        metrics["test"] = self.evaluate(self.test_loader)
-        # Per-class numbers and confusion matrices for validation and test; two numbers for train.
-        metrics["train"] = {k: metrics["train"][k] for k in ("loss", "accuracy")}
+        known = at_best and self.last_validation and self.last_validation[0] == self.step
+        metrics = self._evaluate_splits(validation=self.last_validation[1] if known else None)
         self.seconds["final_evaluation"] = time.perf_counter() - started
         wall = self.wall_seconds()
         metrics.update(
@@ -638,11 +631,14 @@ class Trainer:
         except (KeyError, RuntimeError) as error:
             raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
                             "settings the run was trained with") from None
-        metrics = {split: self.evaluate(loader) for split, loader in
-                   (("train", self.train_loader), ("validation", self.val_loader), ("test", self.test_loader))}
-        metrics["train"] = {k: metrics["train"][k] for k in ("loss", "accuracy")}
-        metrics["best_step"] = state["step"]
-        return metrics
+        return {**self._evaluate_splits(), "best_step": state["step"]}
+
+    def _evaluate_splits(self, validation: dict | None = None) -> dict:
+        """The model as it is on train, validation (unless its result is given) and test, in that order:
+        per-class numbers and confusion matrices for validation and test, loss and accuracy for train."""
+        train = self.evaluate(self.train_loader)
+        return {"train": {k: train[k] for k in ("loss", "accuracy")},
+                "validation": validation or self.evaluate(self.val_loader), "test": self.evaluate(self.test_loader)}
 
 
 def weakest_classes(result: dict, count: int = 3) -> list[tuple[str, float]]:

@@ -147,8 +147,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def write_json(data, path: Path) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    write_text(json.dumps(data, indent=2) + "\n", path)
 
 
 def write_text(text: str, path: Path) -> None:
