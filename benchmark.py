@@ -221,7 +221,8 @@ def main(argv=None):
     parser.add_argument("--warmup", type=cli.positive_int, default=5, help="untimed steps first")
     parser.add_argument("--workers", type=cli.non_negative_int, default=2,
                         help="DataLoader workers of the starter pipeline (the starter code used 2)")
-    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS),
+                        help="the networks to time: the Task 2 model, Task 3 Model 1")
     parser.add_argument("--task3d", action="store_true", help="also train Task 3d end to end and time it")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)

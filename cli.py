@@ -64,14 +64,38 @@ CHECKS = {("int", "positive"): positive_int, ("int", "non_negative"): non_negati
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a bad flag reported in one line (not the whole usage) and exit code 2."""
+    """argparse, with a bad flag reported in one line (not the whole usage) and exit code 2.
+
+    --help lists a task's own flags (added after `training_parser`) before the shared groups."""
+
+    shared_groups = ()
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
+    def format_help(self):
+        self._action_groups.sort(key=lambda group: group in self.shared_groups)  # stable: each keeps its order
+        return super().format_help()
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in --help, and the script's docstring (layer tables) laid out as written."""
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The script's docstring (layer tables) laid out as written, and each flag's default once.
+
+    A default is shown unless the help text already states it, or it is None or a --switch's False
+    (an unset option, a switch that is off); a --flag/--no-flag pair shows on or off."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if isinstance(action, argparse.BooleanOptionalAction):
+            default = "on" if default else "off"
+        if "(default" in text or default is None or default is False or default is argparse.SUPPRESS:
+            return text
+        if isinstance(default, (list, tuple)):
+            default = " ".join(map(str, default))
+        elif isinstance(default, Path) and default.is_relative_to(runs.ROOT):  # plots, not /home/.../plots
+            default = default.relative_to(runs.ROOT)
+        return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
 def _field_kind(annotation: str) -> str:
@@ -80,16 +104,23 @@ def _field_kind(annotation: str) -> str:
 
 # ---------------------------------------------------------------- the shared flags
 
-def training_parser(description: str, name: str, **defaults) -> argparse.ArgumentParser:
-    """The flags every training script shares; `defaults` are where the task differs."""
+AUGMENT_HELP = "random horizontal flip and random crop after 4-pixel padding, per image"
+
+
+def training_parser(description: str, name: str, augment_help: str = AUGMENT_HELP,
+                    **defaults) -> argparse.ArgumentParser:
+    """The flags every training script shares; `defaults` are where the task differs, `augment_help`
+    says what --augment does in a task with its own augmentation."""
     parser = Parser(
         description=description, formatter_class=HelpFormatter,
+        usage="%(prog)s [flags]  (the task's own flags first, then the shared ones)",
         epilog=f"examples:\n  python {name}.py --max-steps 50 --subset 2000 --run-dir runs/{name}-smoke   "
                f"# a smoke run in seconds\n  python {name}.py --seeds 0 1 2        # three runs, then mean ± std\n"
                f"  python {name}.py --resume             # continue an interrupted run")
     parser.set_defaults(name=name)
     groups = {title: parser.add_argument_group(title) for title in ("hyperparameters", "data", "device",
                                                                    "outputs", "smoke runs", "seeds and evaluation")}
+    parser.shared_groups = tuple(groups.values())
     for field in dataclasses.fields(TrainConfig):
         meta = field.metadata
         if not meta["flag"]:
@@ -105,11 +136,12 @@ def training_parser(description: str, name: str, **defaults) -> argparse.Argumen
                                                metavar="N" if kind == "int" else None, help=meta["help"])
 
     data = groups["data"]
-    data.add_argument("--data-dir", help="CIFAR-10 folder (default: $CIFAR10_DIR, else data/cifar10)")
+    data.add_argument("--data-dir", help="CIFAR-10 folder: cifar-10-batches-py/, or train/ and test/ image folders "
+                                         "(default: $CIFAR10_DIR, else data/cifar10); downloaded there when missing")
     data.add_argument("--seed", type=seed, default=0, help="seeds the model, the split and the augmentation")
-    data.add_argument("--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION)
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False,
-                      help="random horizontal flip and random 4-pixel-padded crop per batch")
+    data.add_argument("--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION,
+                      help="share of the training images held out for validation (a random draw fixed by --seed)")
+    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help=augment_help)
 
     device = groups["device"]
     device.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, "
@@ -125,8 +157,8 @@ def training_parser(description: str, name: str, **defaults) -> argparse.Argumen
                              "(slower; CPU runs are repeatable without it)")
 
     outputs = groups["outputs"]
-    outputs.add_argument("--run-dir", type=Path, default=None, help=f"default: runs/{name}")
-    outputs.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="where the figure is written")
+    outputs.add_argument("--run-dir", type=Path, default=None, help=f"the run's folder (default: runs/{name})")
+    outputs.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="folder for the figure")
     outputs.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     outputs.add_argument("--overwrite", action="store_true",
                          help="start over in a --run-dir that holds a run (finished or not); its files are "
@@ -135,7 +167,8 @@ def training_parser(description: str, name: str, **defaults) -> argparse.Argumen
                          help="also log to <run-dir>/tensorboard (needs: pip install tensorboard)")
 
     smoke = groups["smoke runs"]
-    smoke.add_argument("--subset", type=positive_int, default=None, help="use only the first N images of each split")
+    smoke.add_argument("--subset", type=positive_int, default=None, metavar="N",
+                       help="use only the first N images of each split")
     smoke.add_argument("--debug", action="store_true", help="show tracebacks")
 
     seeds = groups["seeds and evaluation"]

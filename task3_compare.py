@@ -10,7 +10,6 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cli  # noqa: E402
@@ -73,9 +72,10 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
 
 
 def main(argv=None):
-    parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", type=Path, default=runs.RUNS_DIR)
-    parser.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR)
+    parser = cli.Parser(description=__doc__, formatter_class=cli.HelpFormatter)
+    parser.add_argument("--runs-dir", type=Path, default=runs.RUNS_DIR,
+                        help="folder holding task3_model1/, task3_model2/ and task3c_before/")
+    parser.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="folder for the table and figures")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     messages = task3_outputs(args.runs_dir, args.plot_dir)

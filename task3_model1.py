@@ -47,7 +47,8 @@ class Model1(nn.Module):
 
 def main(argv=None):
     parser = cli.training_parser(__doc__, "task3_model1", track_test=True)
-    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                        help="the activation after every convolution and hidden linear layer")
     parser.add_argument("--convs-per-stage", type=int, choices=(1, 2), default=2,
                         help="1: the Task 3c network before deepening (runs/task3c_before)")
     args = cli.parse(parser, argv)

@@ -41,7 +41,8 @@ class Model2(nn.Module):
 
 def main(argv=None):
     parser = cli.training_parser(__doc__, "task3_model2")
-    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu")
+    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu",
+                        help="the activation after every convolution and hidden linear layer")
     return cli.for_each_seed(cli.parse(parser, argv), train)
 
 

@@ -253,7 +253,10 @@ class Lookahead(Callback):
 # ---------------------------------------------------------------- the run
 
 def main(argv=None):
-    parser = cli.training_parser(__doc__, "task3d", **RECIPE)
+    parser = cli.training_parser(
+        __doc__, "task3d", augment_help="per image: flips that alternate (a random half mirrored in the first "
+        "epoch, then every image switches each epoch) and translations of up to --crop-padding pixels whose "
+        "uncovered border is the image's edge mirrored", **RECIPE)
     recipe = parser.add_argument_group("task 3d recipe")
     recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                         help="Nesterov momentum")
@@ -270,12 +273,13 @@ def main(argv=None):
                         metavar="E", help="train the whitening layer's bias for the first E epochs, then freeze "
                                           "it (steps without the backward pass through that layer are ~7%% "
                                           "faster); 0: no bias")
-    recipe.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING)
-    recipe.add_argument("--crop-padding", type=cli.non_negative_int, default=CROP_PADDING,
+    recipe.add_argument("--label-smoothing", type=float, default=LABEL_SMOOTHING, metavar="S",
+                        help="the training target puts 1 - S on the true class and spreads S evenly over all ten")
+    recipe.add_argument("--crop-padding", type=cli.non_negative_int, default=CROP_PADDING, metavar="P",
                         help="random translation of up to this many pixels (with --augment)")
     recipe.add_argument("--lookahead-every", type=cli.non_negative_int, default=LOOKAHEAD_EVERY, metavar="N",
                         help="every N steps, continue from a running average of the weights (0: off)")
-    recipe.add_argument("--lookahead-decay", type=cli.fraction, default=LOOKAHEAD_DECAY,
+    recipe.add_argument("--lookahead-decay", type=cli.fraction, default=LOOKAHEAD_DECAY, metavar="D",
                         help="per-step decay of that average at the end of training (it ramps up from 0)")
     args = cli.parse(parser, argv)
     if not 0 <= args.label_smoothing < 1:

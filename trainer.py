@@ -224,6 +224,9 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
+        if config.max_steps and config.max_steps > self.total_steps and not evaluate_only:
+            self.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
+                     f"the run after {self.total_steps} steps ({self.steps_per_epoch} per epoch)")
         self.autocast_dtype = AUTOCAST_DTYPES[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = self._validation_points()

@@ -1,0 +1,97 @@
+"""What a new user reads first: --help that leads with the task, and a smoke run that says when
+--max-steps cannot be reached."""
+import re
+
+import pytest
+
+import cli
+import task2
+import task3_model1
+import task3d
+from test_keep_results import run
+from test_robustness import task2_args
+
+
+def parser_of(module, monkeypatch):
+    """The parser a task script's main() builds (stopped before it parses anything)."""
+    built = []
+
+    def keep(parser, argv=None):
+        built.append(parser)
+        raise SystemExit(0)
+    monkeypatch.setattr(cli, "parse", keep)
+    with pytest.raises(SystemExit):
+        module.main([])
+    return built[0]
+
+
+def flag_entries(help_text: str) -> dict:
+    """Each flag's entry in --help: its first option string -> the text of the entry."""
+    entries, current = {}, None
+    for line in help_text.splitlines():
+        match = re.match(r"  (-\S+)", line)
+        if match:
+            current = match.group(1).rstrip(",")
+            entries[current] = line
+        elif current and line.startswith("   "):
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("module", [task2, task3d, task3_model1])
+def test_every_flag_has_a_help_text_and_its_default_once(module, monkeypatch):
+    parser = parser_of(module, monkeypatch)
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help text"
+    text = parser.format_help()
+    assert "(default: None)" not in text
+    entries = flag_entries(text)
+    assert {action.option_strings[0] for action in parser._actions} <= set(entries)
+    for flag, entry in entries.items():
+        assert entry.count("(default") <= 1, entry
+
+
+def test_task3d_help_lists_its_recipe_before_the_shared_flags(monkeypatch):
+    text = parser_of(task3d, monkeypatch).format_help()
+    flags = list(flag_entries(text))
+    assert flags[:2] == ["-h", "--nesterov"]
+    recipe = ["--widths", "--depths", "--tta", "--whitening-images", "--whitening-bias-epochs", "--label-smoothing",
+              "--crop-padding", "--lookahead-every", "--lookahead-decay"]
+    assert max(flags.index(f) for f in recipe) < flags.index("--epochs") < flags.index("--data-dir")
+    # --augment in Task 3d is Task 3d's augmentation, not Task 2's padded crop.
+    augment = flag_entries(text)["--augment"]
+    assert "alternate" in augment and "mirrored" in augment and "4-pixel" not in augment
+
+
+def test_task_flags_come_first_and_the_task_comes_before_the_flags(monkeypatch):
+    text = parser_of(task3_model1, monkeypatch).format_help()
+    flags = list(flag_entries(text))
+    assert flags.index("--activation") < flags.index("--epochs")
+    task2_help = parser_of(task2, monkeypatch).format_help()
+    assert task2_help.index("Task 2: a small CNN") < task2_help.index("--epochs")
+
+
+def test_help_from_the_command_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        task3d.main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.index("task 3d recipe") < out.index("hyperparameters")
+
+
+def test_a_smoke_run_that_cannot_reach_max_steps_says_so_at_the_start(folder_data, tmp_path, capsys):
+    # --subset 160: 160 training images, batch 16: 10 steps per epoch, so one epoch ends the run at step 10.
+    args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--epochs", "1", "--max-steps", "500")
+    code, err = run(task2.main, list(map(str, args)), capsys)
+    assert code == 0
+    notes = [line for line in err.splitlines() if "--max-steps 500" in line]
+    assert len(notes) == 1 and "--epochs 1" in notes[0] and "10 steps" in notes[0], err
+    assert err.index(notes[0]) < err.index("Task 2: ")  # before the line that starts the training
+
+
+def test_a_reachable_max_steps_says_nothing(folder_data, tmp_path, capsys):
+    args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "3")
+    code, err = run(task2.main, list(map(str, args)), capsys)
+    assert code == 0 and "--max-steps" not in err
