@@ -51,6 +51,9 @@ WHITENING_IMAGES = 256  # one batch's worth, augmented as the first batch (what 
 WHITENING_BIAS_EPOCHS = 3  # airbench's; later epochs skip the backward pass through the layer
 LABEL_SMOOTHING = 0.2
 CROP_PADDING = 2
+AUGMENT_HELP = ("per image: flips that alternate (a random half mirrored in the first epoch, then every image "
+                "switches each epoch) and translations of up to --crop-padding pixels whose uncovered border is "
+                "the image's edge mirrored")
 LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 5, 0.95
 # The BatchNorm shift is stored divided by this gain, so plain SGD moves it gain**2 = 64 times
 # faster than the weights (airbench's "bias scaler") without a separate parameter group.
@@ -253,10 +256,7 @@ class Lookahead(Callback):
 # ---------------------------------------------------------------- the run
 
 def main(argv=None):
-    parser = cli.training_parser(
-        __doc__, "task3d", augment_help="per image: flips that alternate (a random half mirrored in the first "
-        "epoch, then every image switches each epoch) and translations of up to --crop-padding pixels whose "
-        "uncovered border is the image's edge mirrored", **RECIPE)
+    parser = cli.training_parser(__doc__, "task3d", augment_help=AUGMENT_HELP, **RECIPE)
     recipe = parser.add_argument_group("task 3d recipe")
     recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                         help="Nesterov momentum")
