@@ -504,12 +504,14 @@ class Trainer:
                 raise
             # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            last = self.run_dir / "last.pt"
-            try:
-                step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
-                kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
-            except (UserError, KeyError, TypeError):
-                kept = "no checkpoint of this run was saved; start it again with the same command"
+            last, kept = self.run_dir / "last.pt", None
+            if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
+                with contextlib.suppress(UserError, KeyError, TypeError):
+                    step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
+                    kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
+            if kept is None:
+                previous = f", and the previous run in {self.run_dir} is as it was" if self.protect_previous else ""
+                kept = f"nothing of this run was saved{previous}; start it again with the same command"
             raise UserError(f"another process of this torchrun run died (killed or crashed: see its output and "
                             f"torchrun's summary) while this one was at step {self.step}; {kept}") from None
 

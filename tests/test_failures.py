@@ -305,3 +305,29 @@ def test_a_torchrun_process_killed_mid_run_leaves_the_survivor_one_line(folder_d
     assert "another process of this torchrun run died" in stderr
     assert f"{run_dir / 'last.pt'} keeps step {step}; continue with the same torchrun command plus --resume" in stderr
     assert "This is a bug" not in stderr and "by peer" not in stderr
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved, folder_data, tmp_path, monkeypatch):
+    """The same message without torchrun: which last.pt is this run's (a previous run's is not, under
+    --overwrite, until this one saves)."""
+    from test_robustness import tiny_trainer
+
+    trainer = tiny_trainer(folder_data, tmp_path)
+    trainer.protect_previous = not saved
+    utils.save_checkpoint({"step": 7}, tmp_path / "last.pt")           # this run's, or the previous run's
+    trainer.claimed = saved
+    trainer.distributed = True
+
+    def peer_gone():
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:32408")
+    monkeypatch.setattr(trainer, "train", peer_gone)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)           # the test process keeps its SIGTERM
+    with pytest.raises(UserError) as refused:
+        trainer.fit()
+    message = str(refused.value)
+    assert message.startswith("another process of this torchrun run died")
+    if saved:
+        assert f"{tmp_path / 'last.pt'} keeps step 7; continue with the same torchrun command plus --resume" in message
+    else:
+        assert "nothing of this run was saved, and the previous run" in message and "keeps step" not in message
