@@ -189,6 +189,11 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         parser.error("--evaluate-only changes no run; drop --resume / --overwrite")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+    try:  # empty in CIFAR-10's 50,000 images, empty in any copy (a smaller one is checked once it is found)
+        dataloaders.split_sizes(dataloaders.TRAIN_IMAGES, args.validation_fraction)
+    except UserError as error:
+        parser.error(str(error))
+    check_output_names(parser, args)
     try:
         hardware.check_device(args.device, distributed=int(os.environ.get("WORLD_SIZE", "1")) > 1)
     except UserError as error:
@@ -197,6 +202,32 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         parser.error("--tensorboard needs the tensorboard package: pip install tensorboard "
                      "(or pip install -r requirements-test.txt)")
     return args
+
+
+def _name_max(path: Path) -> int:
+    """The longest file or folder name, in bytes, that the file system holding `path` takes (255 mostly)."""
+    for folder in [path, *path.absolute().parents]:
+        try:
+            return os.pathconf(folder, "PC_NAME_MAX")
+        except (OSError, ValueError):  # not there (yet), or no pathconf
+            continue
+    return 255
+
+
+def check_output_names(parser: argparse.ArgumentParser, args) -> None:
+    """Refuse run and plot folders that no file system could create, before anything is created."""
+    base = runs.run_dir_of(args)
+    if args.seeds and base.name in ("", ".", ".."):
+        parser.error(f"--run-dir {base} has no folder name to add -seed{args.seeds[0]} to (--seeds makes one folder "
+                     f"per seed beside it); name one, e.g. --run-dir runs/{args.name}")
+    run_dirs = [runs.seed_run_dir(base, seed) for seed in args.seeds] if args.seeds else [base]
+    for flag, folder in [*(("--run-dir", run_dir) for run_dir in run_dirs), ("--plot-dir", Path(args.plot_dir))]:
+        limit = _name_max(folder)
+        for name in folder.parts:
+            if len(os.fsencode(name)) > limit:
+                added = " (with the -seedK that --seeds adds)" if args.seeds and flag == "--run-dir" else ""
+                parser.error(f"{flag}: the name {name[:20]}...{name[-12:]} is {len(os.fsencode(name))} bytes{added}, "
+                             f"longer than the {limit} that a file or folder name may have; choose a shorter one")
 
 
 # ---------------------------------------------------------------- several seeds
@@ -263,5 +294,6 @@ def main(entry, argv=None) -> None:
               "please report it with the command line and the traceback above.", file=sys.stderr)
         sys.exit(1)
     finally:
+        runs.release_all()  # a run that failed before writing anything leaves no folder behind
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UserError, save_checkpoint
+from utils import UsageError, UserError, path_kind, save_checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cifar10"
@@ -38,6 +38,7 @@ CACHE_VERSION = 1
 # change the last bits of every reported loss.
 EVAL_BATCH_SIZE = 500
 VALIDATION_FRACTION = 0.1
+TRAIN_IMAGES = 50_000  # in CIFAR-10; a copy may hold fewer (--subset does not change the split)
 
 
 @dataclass
@@ -81,6 +82,9 @@ def find_layout(root: Path):
 
 def load_raw(data_dir=None, download: bool = True) -> RawCIFAR10:
     root = resolve_data_dir(data_dir)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise UserError(f"the data folder {root} is {path_kind(root)}, not a folder; pass the folder that holds "
+                        "CIFAR-10 with --data-dir")
     layout = find_layout(root)
     if layout is None and download:
         _download(root)
@@ -164,8 +168,9 @@ def image_suffixes() -> set[str]:
     return {suffix for suffix, name in Image.registered_extensions().items() if name in Image.OPEN}
 
 
-def _list_image_files(folder: Path, split: str):
-    """(files, labels, skipped): hidden files (macOS's ._* AppleDouble files, .DS_Store) are ignored."""
+def _class_listing(folder: Path, split: str):
+    """Per class, in label order: (class folder, image file names, other names). Hidden files (macOS's ._*
+    AppleDouble files, .DS_Store) are ignored; a missing or extra class folder, or one without images, refused."""
     split_dir = Path(folder) / split
     present = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
     missing, extra = sorted(set(CLASSES) - present), sorted(present - set(CLASSES))
@@ -175,20 +180,27 @@ def _list_image_files(folder: Path, split: str):
         raise UserError(f"{split_dir} must hold exactly the ten CIFAR-10 class folders "
                         f"({', '.join(CLASSES)}): {problem}")
     suffixes = image_suffixes()
-    files, labels, skipped = [], [], []
-    for label, name in enumerate(CLASSES):
+    listing = []
+    for name in CLASSES:
         folder = split_dir / name
         # os.scandir knows which entries are files without a stat call each (60,000 of them).
         with os.scandir(folder) as scan:
             entries = sorted((entry.name, entry.is_file()) for entry in scan if not entry.name.startswith("."))
-        found = [folder / n for n, is_file in entries if is_file and os.path.splitext(n)[1].lower() in suffixes]
-        if len(found) < len(entries):
-            readable = {path.name for path in found}
-            skipped += [folder / n for n, _ in entries if n not in readable]
-        if not found:
+        images = [n for n, is_file in entries if is_file and os.path.splitext(n)[1].lower() in suffixes]
+        if not images:
             raise UserError(f"{folder} holds no images")
-        files += found
-        labels += [label] * len(found)
+        readable = set(images)
+        listing.append((folder, images, [n for n, _ in entries if n not in readable]))
+    return listing
+
+
+def _list_image_files(folder: Path, split: str):
+    """(files, labels, skipped) of one split."""
+    files, labels, skipped = [], [], []
+    for label, (class_dir, images, others) in enumerate(_class_listing(folder, split)):
+        files += [class_dir / name for name in images]
+        labels += [label] * len(images)
+        skipped += [class_dir / name for name in others]
     return files, labels, skipped
 
 
@@ -225,7 +237,8 @@ def _fingerprint(files) -> str:
     digest = hashlib.sha1(f"v{CACHE_VERSION}".encode())
     for path in files:
         stat = os.stat(path)
-        digest.update(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        # fsencode: a name that is not valid UTF-8 (e.g. from a Latin-1 zip) is hashed as its bytes.
+        digest.update(os.fsencode(f"{path.parent.name}/{path.name}:{stat.st_size}:{stat.st_mtime_ns}\n"))
     return digest.hexdigest()
 
 
@@ -233,32 +246,37 @@ def _cache_paths(folder: Path) -> list[Path]:
     """Where the cache may be: beside the images, then in the user's cache folder."""
     folder = Path(folder).resolve()
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifar10-cnn"
-    return [folder / CACHE_NAME, base / f"{hashlib.sha1(str(folder).encode()).hexdigest()[:16]}.pt"]
+    return [folder / CACHE_NAME, base / f"{hashlib.sha1(os.fsencode(folder)).hexdigest()[:16]}.pt"]
 
 
-def _cache_problem(cache, fingerprint: str) -> str | None:
-    """Why `cache` cannot be used ("out of date", "corrupt"), or None when it is valid."""
+def _cache_problem(cache, fingerprint: str, labels: dict) -> str | None:
+    """Why `cache` cannot be used ("out of date", "corrupt"), or None when it is valid.
+
+    `labels` maps each split to the labels its class folders give: a cache must hold exactly those
+    (a label outside 0..9 would fail only at the first training step).
+    """
     if not isinstance(cache, dict) or not all(isinstance(cache.get(f"{split}_{what}"), torch.Tensor)
                                               for split in ("train", "test") for what in ("images", "labels")):
         return "is corrupt"
     if cache.get("fingerprint") != fingerprint:
         return "is out of date"
     for split in ("train", "test"):
-        images, labels = cache[f"{split}_images"], cache[f"{split}_labels"]
+        images, found = cache[f"{split}_images"], cache[f"{split}_labels"]
         if (images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (3, 32, 32)
-                or labels.dtype != torch.int64 or len(labels) != len(images)):
+                or found.dtype != torch.int64 or found.shape != (len(images),)
+                or not torch.equal(found, labels[split])):
             return "is corrupt"
     return None
 
 
-def _read_cache(path: Path, fingerprint: str):
+def _read_cache(path: Path, fingerprint: str, labels: dict):
     if not path.is_file():
         return None
     try:
         cache = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
         cache = None
-    problem = _cache_problem(cache, fingerprint)
+    problem = _cache_problem(cache, fingerprint, labels)
     if problem:
         print(f"cache {path} {problem}; rebuilding it from the images", file=sys.stderr)
         return None
@@ -272,9 +290,10 @@ def read_image_folders(folder: Path) -> RawCIFAR10:
         print(f"skipped {len(skipped)} file(s) in {folder} that are not images Pillow reads "
               f"(e.g. {skipped[0]})", file=sys.stderr)
     fingerprint = _fingerprint(listing["train"][0] + listing["test"][0])
+    labels = {split: torch.tensor(split_labels, dtype=torch.int64) for split, (_, split_labels, _) in listing.items()}
     beside, elsewhere = _cache_paths(folder)
     # A valid cache beside read-only images is used as it is; a new one goes wherever it can be written.
-    cache = _read_cache(beside, fingerprint) or _read_cache(elsewhere, fingerprint)
+    cache = _read_cache(beside, fingerprint, labels) or _read_cache(elsewhere, fingerprint, labels)
     cache_path = beside if os.access(beside.parent, os.W_OK) else elsewhere
     if cache is None:
         cache = {"fingerprint": fingerprint}
@@ -283,10 +302,10 @@ def read_image_folders(folder: Path) -> RawCIFAR10:
               file=sys.stderr)
         # Pillow releases the GIL while decoding, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for split, (files, labels, _) in listing.items():
+            for split, (files, _, _) in listing.items():
                 arrays = list(pool.map(_decode, files, chunksize=256))
                 cache[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-                cache[f"{split}_labels"] = torch.tensor(labels, dtype=torch.int64)
+                cache[f"{split}_labels"] = labels[split]
         try:
             save_checkpoint(cache, cache_path)
         except UserError as error:
@@ -463,15 +482,30 @@ class BatchLoader:
             yield self.transform(self.images[chosen]), self.labels[chosen]
 
 
-def split_indices(count: int, validation_fraction: float, seed: int = 0):
-    """A seeded random permutation: the first part validation, the rest training."""
+def split_sizes(count: int, validation_fraction: float) -> tuple[int, int]:
+    """(training, validation) images of `count`; a fraction that leaves a split empty is a bad flag."""
     if not 0 < validation_fraction < 1:
-        raise UserError(f"validation fraction must be between 0 and 1, got {validation_fraction}")
+        raise UsageError(f"--validation-fraction must be between 0 and 1, got {validation_fraction}")
     num_val = int(round(count * validation_fraction))
     if num_val < 1 or num_val >= count:
-        raise UserError(f"a validation fraction of {validation_fraction} of {count} training images "
-                        f"leaves {num_val} for validation and {count - num_val} for training; "
-                        "each split needs at least one image")
+        raise UsageError(f"--validation-fraction {validation_fraction} of {count:,} training images leaves "
+                         f"{num_val:,} for validation and {count - num_val:,} for training; each split needs at least "
+                         "one image")
+    return count - num_val, num_val
+
+
+def training_image_count(data_dir=None) -> int | None:
+    """How many training images the data holds where that is cheap to tell (image folders: by listing
+    them), else None; a run checks its split with it before it claims its folder."""
+    layout = find_layout(resolve_data_dir(data_dir))
+    if layout is None or layout[0] != "folders":
+        return None
+    return sum(len(images) for _, images, _ in _class_listing(layout[1], "train"))
+
+
+def split_indices(count: int, validation_fraction: float, seed: int = 0):
+    """A seeded random permutation: the first part validation, the rest training."""
+    _, num_val = split_sizes(count, validation_fraction)
     order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
     return order[num_val:], order[:num_val]
 

@@ -90,6 +90,16 @@ def init_distributed(device_name: str):
     return dist.get_rank(), dist.get_world_size(), device
 
 
+# What gloo and NCCL say when a collective fails because a process at the other end is gone.
+PEER_GONE = ("closed by peer", "reset by peer", "remote worker", "Broken pipe", "communicator was aborted")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the torchrun run died."""
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError)
+                                                 and any(text in str(error) for text in PEER_GONE))
+
+
 # ---------------------------------------------------------------- precision
 
 def cpu_has_fast_bf16() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import figures
 from trainer import Callback
-from utils import write_text
+from utils import append_text, write_text
 
 CSV_COLUMNS = ("step", "epoch", "learning_rate", "train_loss", "validation_loss", "validation_accuracy",
                "test_loss", "images_per_s", "elapsed_seconds")
@@ -68,12 +68,12 @@ class MetricsCSV(Callback):
     def after_validation(self, trainer, point: dict) -> None:
         if not trainer.is_main:
             return
-        new = not self.path.exists()
-        with open(self.path, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-            if new:
-                writer.writeheader()
-            writer.writerow(csv_row(trainer, point))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS)
+        if not self.path.exists():
+            writer.writeheader()
+        writer.writerow(csv_row(trainer, point))
+        append_text(buffer.getvalue(), self.path)
 
 
 class LiveFigure(Callback):

@@ -22,7 +22,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 import dataloaders
 from cli import HelpFormatter, Parser
 from runs import PLOT_DIR, ROOT
-from utils import UserError
+from utils import UserError, require_file
 
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -62,9 +62,7 @@ def imagenet_state_dict() -> dict:
 
 def read_torch_file(path, flag: str, expected: str):
     """torch.load of a local file, weights only (no code runs), with one-line errors."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise UserError(f"{flag} {path}: no such file; pass {expected}")
+    path = require_file(Path(path).expanduser(), flag, f"pass {expected}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -163,10 +161,9 @@ def load_image(path, size: int = 224) -> torch.Tensor:
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"--image {path} is a folder; pass one image file, e.g. --image {path / 'zebra.jpg'}")
-    if not path.is_file():
-        hint = (f"copy the assignment's zebra.jpg to {ROOT / DEFAULT_IMAGE} or pass --image PATH"
-                if path == DEFAULT_IMAGE or path == ROOT / DEFAULT_IMAGE else "pass an existing file with --image")
-        raise UserError(f"image {path} does not exist; {hint}")
+    default = path in (DEFAULT_IMAGE, ROOT / DEFAULT_IMAGE) and not path.exists()
+    require_file(path, "--image", f"copy the assignment's zebra.jpg to {ROOT / DEFAULT_IMAGE} or pass --image PATH"
+                 if default else "pass a .jpg or .png with --image")
     try:
         with warnings.catch_warnings():
             # Pillow only warns between its pixel limit and twice that; refuse the whole range alike.

@@ -12,9 +12,11 @@ the run's own callbacks (config.json, metrics.csv, live figure, TensorBoard), an
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import numbers
+import os
 import shutil
 import sys
 import time
@@ -128,6 +130,12 @@ def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = Fa
     return handle, state
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what creating it makes."""
+    path = Path(path).absolute()
+    return [folder for folder in [path, *path.parents] if not os.path.exists(folder)]
+
+
 def replace_previous(run_dir: Path) -> None:
     """Remove a previous run's files: done when the new run writes its first checkpoint."""
     for name in OUTPUTS:
@@ -227,6 +235,15 @@ class RunFiles(Callback):
             self.run.write_config()
 
 
+_held: list["Run"] = []  # runs started in this process whose folder is still locked
+
+
+def release_all() -> None:
+    """Release every run still holding its folder: cli.main's last word after a run fails or is refused."""
+    for run in list(_held):
+        run.release()
+
+
 class Run:
     """One run of a task script. `Run.start(args, title)` prepares the folder, lock, seed, device and
     precision; `load_cifar10`, `trainer` and `finish` follow in the script."""
@@ -239,6 +256,8 @@ class Run:
         self.is_main = self.rank == 0
         self.lock = None
         self.previous = "empty"
+        self.made = []                # folders this run created, and what its folder held before it
+        self.held_before = None
         self.data = {}
         self.model_info = {}
         self.config = None
@@ -251,7 +270,13 @@ class Run:
         args = run.args
         precision, why = hardware.resolve_precision(args.precision, run.device)  # may refuse: before any file
         if run.is_main:
+            count = dataloaders.training_image_count(args.data_dir)  # refuse an empty split before claiming
+            if count:
+                dataloaders.split_sizes(count, args.validation_fraction)
+            run.made = missing_folders(run.dir) + ([] if args.evaluate_only else missing_folders(args.plot_dir))
+            run.held_before = set(os.listdir(run.dir)) if run.dir.is_dir() else set()
             run.lock, run.previous = claim(run.dir, args.resume, args.overwrite, args.evaluate_only)
+            _held.append(run)
             if not args.evaluate_only:
                 check_writable(args.plot_dir)
         set_seed(args.seed)
@@ -358,9 +383,27 @@ class Run:
                 # Every process leaves together: one tearing down its process group while rank 0 still
                 # writes the outputs could abort ("terminate called without an active exception").
                 dist.barrier()
-            if self.lock:
-                self.lock.close()
+            self.release()
         return metrics
+
+    def release(self) -> None:
+        """Release the folder's lock. A run that ends before writing anything (refused, interrupted while
+        the data loads) takes back what it made: its .lock and the folders it created, if left empty."""
+        if self in _held:
+            _held.remove(self)
+        if self.lock is None:
+            return
+        try:
+            added = set(os.listdir(self.dir)) - self.held_before
+        except OSError:
+            added = None
+        if added == {".lock"}:
+            (self.dir / ".lock").unlink(missing_ok=True)  # while still locked: no other run is using it
+        self.lock.close()
+        self.lock = None
+        for folder in self.made:  # deepest first
+            with contextlib.suppress(OSError):  # not empty (a file was written), or already gone
+                folder.rmdir()
 
     def _report(self, metrics: dict, trainer: Trainer) -> None:
         if self.args.evaluate_only:

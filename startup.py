@@ -5,9 +5,12 @@ import sys
 
 
 def quiet_ctrl_c() -> None:
-    """Ctrl-C while the script is still importing ends in one line instead of a traceback from inside
-    PyTorch's import; cli.main restores the usual Ctrl-C handling once the script runs."""
+    """Ctrl-C (or SIGTERM, e.g. from a batch system) while the script is still importing ends in one line
+    instead of a traceback from inside PyTorch's import, or nothing at all; cli.main restores the usual
+    handling once the script runs."""
     def handler(signum, frame):
-        sys.stderr.write("\ninterrupted while starting up: nothing was done\n")
-        os._exit(130)
+        what = "interrupted" if signum == signal.SIGINT else "terminated"
+        sys.stderr.write(f"\n{what} while starting up: nothing was done\n")
+        os._exit(128 + signum)  # 130 after Ctrl-C, 143 after SIGTERM, as the shell reports a death by signal
     signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 import cli  # noqa: E402
 import figures  # noqa: E402
 import resnet  # noqa: E402
+from utils import check_writable  # noqa: E402
 
 DEFAULT_INDICES = (14, 26, 32, 49, 52)
 
@@ -55,6 +56,7 @@ def main(argv=None):
         parser.error(f"--indices {' '.join(map(str, bad))} out of range: the first layer has 64 filters, 0 to 63")
     image = resnet.load_image(resnet.resolve_image(args.image))
     model = resnet.model_from_args(args)
+    check_writable(args.plot_dir)  # every input read; fail before the model runs, not at the end
     weights, activations = first_layer(model, image)
     title = f"First-layer filters and activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
     path = figures.save(make_figure(weights, activations, args.indices, title), Path(args.plot_dir) / "task4b.png")

@@ -19,6 +19,7 @@ from torch import nn  # noqa: E402
 import cli  # noqa: E402
 import figures  # noqa: E402
 import resnet  # noqa: E402
+from utils import check_writable  # noqa: E402
 
 FEATURE_MAPS = 512
 
@@ -58,6 +59,7 @@ def main(argv=None):
                      f"to {FEATURE_MAPS}")
     image = resnet.load_image(resnet.resolve_image(args.image))
     model = resnet.model_from_args(args)
+    check_writable(args.plot_dir)  # every input read; fail before the model runs, not at the end
     activations = last_stage(model, image)
     title = f"Last conv stage activations on {Path(args.image).name} ({resnet.describe_weights(args)})"
     path = figures.save(make_figure(activations, args.count, title), Path(args.plot_dir) / "task4c.png")

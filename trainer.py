@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 import graphs
-from hardware import AUTOCAST_DTYPES
+from hardware import AUTOCAST_DTYPES, is_peer_failure
 from utils import UserError, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -486,14 +486,37 @@ class Trainer:
         if self.evaluate_only:
             self.metrics = self.evaluate_checkpoint(self.run_dir / "best.pt")
             return self.metrics
-        self.train()
+        with self._peers_watched():
+            self.train()
+            try:
+                self.metrics = self.final_evaluation()
+                return self.metrics
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(
+                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / 'last.pt'}; "
+                    "the same command plus --resume evaluates it") from None
+
+    @contextlib.contextmanager
+    def _peers_watched(self):
+        """Under torchrun, a collective that fails because another process died (killed, crashed) is no bug
+        of this one: say so, which checkpoint is kept, and how to go on."""
         try:
-            self.metrics = self.final_evaluation()
-            return self.metrics
-        except KeyboardInterrupt:
-            raise TrainingInterrupted(
-                f"interrupted during the final evaluation: the training is saved in {self.run_dir / 'last.pt'}; "
-                "the same command plus --resume evaluates it") from None
+            yield
+        except RuntimeError as error:
+            if not (self.distributed and is_peer_failure(error)):
+                raise
+            # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            last, kept = self.run_dir / "last.pt", None
+            if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
+                with contextlib.suppress(UserError, KeyError, TypeError):
+                    step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
+                    kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
+            if kept is None:
+                previous = f", and the previous run in {self.run_dir} is as it was" if self.protect_previous else ""
+                kept = f"nothing of this run was saved{previous}; start it again with the same command"
+            raise UserError(f"another process of this torchrun run died (killed or crashed: see its output and "
+                            f"torchrun's summary) while this one was at step {self.step}; {kept}") from None
 
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""

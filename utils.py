@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import random
+import stat
 import tempfile
 from pathlib import Path
 
@@ -92,28 +93,54 @@ def _is_write_failure(error: BaseException) -> bool:
                                                 or "write" in text.lower())
 
 
-def _write_failure_reason(error: BaseException, folder: Path) -> str:
-    full = getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-    try:
-        full = full or os.statvfs(folder).f_bavail == 0
-    except (OSError, AttributeError):
-        pass
-    if full:
-        return "the disk is full"
-    return getattr(error, "strerror", None) or str(error).splitlines()[0][:200]
+def _errnos(error: BaseException) -> set:
+    """The errno of `error` and of the errors it was raised from: torch.save reports a full disk as a
+    RuntimeError ("unexpected pos ...") raised while handling the OSError that says ENOSPC."""
+    found, seen = set(), set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found.add(getattr(error, "errno", None))
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _write_failure(error: BaseException, folder: Path) -> tuple[str, str]:
+    """(what went wrong, what to do) for a failed write into `folder`. Read while a failed write's
+    temporary file still exists: deleting it frees the space whose lack made the write fail."""
+    codes, space = _errnos(error), None
+    for place in [folder, *Path(folder).absolute().parents]:  # the nearest that exists: a folder not yet made
+        try:
+            space = os.statvfs(place)
+            break
+        except (OSError, AttributeError):
+            continue
+    if errno.EROFS in codes:
+        return "the file system is read-only", "choose another folder"
+    if errno.EDQUOT in codes:
+        return "your disk quota is exceeded", "free some space or choose another folder"
+    if space is not None and space.f_files and space.f_favail == 0:
+        return "the disk has no free inodes (too many files)", "delete some files or choose another folder"
+    if errno.ENOSPC in codes or (space is not None and space.f_bavail == 0):
+        return "the disk is full", "free some space or choose another folder"
+    reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:200]
+    return reason, "choose another folder or fix its permissions"
+
+
+def _write_error(path: Path, reason: tuple[str, str], kept: str) -> UserError:
+    return UserError(f"could not write {path}: {reason[0]}; {kept}; {reason[1]}")
 
 
 def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename over `path`.
 
-    A crash mid-write leaves the previous file untouched: rename is atomic on POSIX. A failed
-    write (full disk, folder gone) is one UserError naming the file.
+    A crash mid-write leaves the previous file untouched: rename is atomic on POSIX. A file that
+    cannot be written (full disk, no inodes left, read-only or missing folder) is one UserError naming it.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -121,13 +148,35 @@ def atomic_write(path: Path, write) -> None:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
         os.replace(tmp, path)
     except BaseException as error:
-        if os.path.exists(tmp):
+        reason = _write_failure(error, path.parent) if _is_write_failure(error) else None
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
-        if not _is_write_failure(error):
+        if reason is None:
             raise
-        kept = f"the previous {path.name} is intact" if path.exists() else "nothing was written"
-        raise UserError(f"could not write {path}: {_write_failure_reason(error, path.parent)}; {kept}; "
-                        "free some space or choose another folder") from None
+        kept = f"the previous {path.name} is intact" if os.path.exists(path) else "nothing was written"
+        raise _write_error(path, reason, kept) from None
+
+
+def append_text(text: str, path: Path) -> None:
+    """Append `text` (a log line); a failed write is one UserError naming the file, which is left as it was
+    (a half-written line would garble it)."""
+    path, data = Path(path), text.encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as error:
+        raise _write_error(path, _write_failure(error, path.parent), "nothing was written") from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except OSError as error:
+            reason = _write_failure(error, path.parent)
+            os.ftruncate(fd, size)
+            raise _write_error(path, reason, f"{path.name} is as it was") from None
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -136,9 +185,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     """A checkpoint this project wrote; tensors, numbers, strings and containers only (no code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
+    path = require_file(path, "checkpoint", "train first, or point --run-dir at a run that holds it")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
@@ -169,12 +216,40 @@ def read_json(path: Path):
 def check_writable(folder: Path) -> None:
     """Fail before training, not after an hour, when outputs could not be saved."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"cannot write to {folder}: it is a file, not a folder; choose another folder")
     try:
+        kind = path_kind(folder)
+        if kind not in (None, "a folder"):
+            raise UserError(f"cannot write to {folder}: it is {kind}, not a folder; choose another folder")
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise UserError(f"cannot write to {folder} ({error.strerror}); "
-                        "choose another folder or fix its permissions") from None
+        reason, fix = _write_failure(error, folder)
+        raise UserError(f"cannot write to {folder} ({reason}); {fix}") from None
+
+
+def path_kind(path: Path) -> str | None:
+    """What is at `path`, for messages: 'a file', 'a folder', 'a FIFO (named pipe)', ...; None if nothing.
+    Raises OSError when that cannot be told (e.g. a folder on the way that may not be read)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    kinds = [(stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def require_file(path: Path, what: str, expected: str) -> Path:
+    """`path` if it is a regular file, else one UserError saying what `what` (e.g. "--image") names and
+    what was `expected`. (A device or a FIFO would be read forever, or block.)"""
+    path = Path(path)
+    try:
+        kind = path_kind(path)
+    except OSError as error:
+        raise UserError(f"{what} {path} cannot be read ({error.strerror}); {expected}") from None
+    if kind is None:
+        raise UserError(f"{what} {path} does not exist; {expected}")
+    if kind != "a file":
+        raise UserError(f"{what} {path} is {kind}, not a file; {expected}")
+    return path

@@ -380,3 +380,51 @@ def test_a_valid_cache_beside_read_only_images_is_used(tmp_path, monkeypatch):
     monkeypatch.setattr(dataloaders, "_decode", no_decoding)
     raw = dataloaders.load_raw(tmp_path / "data", download=False)
     assert len(raw.train_labels) == 30 and not (tmp_path / "user-cache").exists()
+
+
+def test_an_image_whose_name_is_not_utf8_loads_like_any_other(tmp_path, capsys):
+    """A Latin-1 zip unpacked on Linux leaves names such as b'caf\\xe9.png'."""
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    os.rename(tmp_path / "train" / "cat" / "0000.png", os.fsdecode(bytes(tmp_path / "train" / "cat") + b"/caf\xe9.png"))
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    assert len(raw.train_labels) == 30 and (raw.train_labels == 3).sum() == 3
+    assert "decoding" in capsys.readouterr().err
+    dataloaders.load_raw(tmp_path, download=False)
+    assert "decoding" not in capsys.readouterr().err                   # the cache was written and is valid
+
+
+@pytest.mark.parametrize("change", ["label 12", "label -1", "labels of another shape", "labels swapped"])
+def test_a_cache_whose_labels_do_not_match_the_folders_is_rebuilt(tmp_path, capsys, change):
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    reference = dataloaders.load_raw(tmp_path, download=False)
+    cache_path = tmp_path / dataloaders.CACHE_NAME
+    cache = torch.load(cache_path)                                     # its fingerprint stays valid
+    labels = cache["train_labels"]
+    cache["train_labels"] = {"label 12": lambda: labels.masked_fill(labels == 0, 12),
+                             "label -1": lambda: labels.masked_fill(labels == 0, -1),
+                             "labels of another shape": lambda: labels[:, None],
+                             "labels swapped": lambda: labels.flip(0)}[change]()
+    torch.save(cache, cache_path)
+    capsys.readouterr()
+    rebuilt = dataloaders.load_raw(tmp_path, download=False)
+    assert "is corrupt; rebuilding" in capsys.readouterr().err
+    assert torch.equal(rebuilt.train_labels, reference.train_labels)
+    assert torch.equal(torch.load(cache_path)["train_labels"], reference.train_labels)
+
+
+def test_read_only_images_and_an_unwritable_cache_folder_continue_without_the_cache(tmp_path, monkeypatch, capsys):
+    write_image_folders(tmp_path / "data", per_class_train=3, per_class_test=2)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if mode == os.W_OK else real_access(path, mode))
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a_file" / "cache"))  # cannot be created, even by root
+    raw = dataloaders.load_raw(tmp_path / "data", download=False)
+    assert len(raw.train_labels) == 30
+    err = capsys.readouterr().err
+    assert "could not write" in err and "continuing without the cache" in err
+
+
+def test_a_data_dir_that_is_a_file_is_named(tmp_path):
+    (tmp_path / "cifar.tar.gz").write_bytes(b"an archive, not yet unpacked")
+    with pytest.raises(UserError, match="cifar.tar.gz is a file, not a folder; pass the folder"):
+        dataloaders.load_raw(tmp_path / "cifar.tar.gz")

@@ -194,7 +194,7 @@ def test_bad_state_dict_files(tmp_path):
     (tmp_path / "text.pth").write_text("hello")
     with pytest.raises(UserError, match="cannot be read as a PyTorch file"):
         resnet.pretrained_resnet18(str(tmp_path / "text.pth"))
-    with pytest.raises(UserError, match="no such file"):
+    with pytest.raises(UserError, match="missing.pth does not exist"):
         resnet.pretrained_resnet18(str(tmp_path / "missing.pth"))
     torch.save({"model": ten_classes, "step": 1}, tmp_path / "checkpoint.pt")
     with pytest.raises(UserError, match="training checkpoint.*--checkpoint"):

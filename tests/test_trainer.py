@@ -110,7 +110,8 @@ def test_atomic_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch, failu
         raise failure
     monkeypatch.setattr(torch, "save", failing_save)
     if isinstance(failure, RuntimeError):  # the disk is the likely cause when it is (nearly) full
-        monkeypatch.setattr(os, "statvfs", lambda folder: type("Full", (), {"f_bavail": 0})())
+        monkeypatch.setattr(os, "statvfs", lambda folder: type("Full", (), {"f_bavail": 0, "f_files": 1000,
+                                                                            "f_favail": 900})())
     with pytest.raises(utils.UserError, match=r"could not write .*best.pt: the disk is full; the previous "
                                               r"best.pt is intact"):
         utils.save_checkpoint({"value": 2}, path)
