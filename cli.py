@@ -225,9 +225,7 @@ def for_each_seed(args, train):
             one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
         runs_.append(recorded_settings(one) if args.resume or args.evaluate_only else one)
     for one in runs_:
-        problem = runs.refusal(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
-        if problem:
-            raise problem
+        runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
     if not args.seeds:
         return train(runs_[0])
     results = {}

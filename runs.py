@@ -162,18 +162,32 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
     return None
 
 
+def check(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False) -> None:
+    """Refuse a run that may not start in `run_dir`, before any work and creating nothing; a replacement
+    that a killed process left half done is settled first (settle)."""
+    run_dir = Path(run_dir)
+    if (run_dir / PREVIOUS).is_dir() or (run_dir / MOVING).is_dir():
+        handle = lock(run_dir)
+        try:
+            settle(run_dir, report=True)
+        finally:
+            if handle:
+                handle.close()
+    problem = refusal(run_dir, resume, overwrite, evaluate_only)
+    if problem:
+        raise problem
+
+
 def claim(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False):
     """Lock `run_dir` for this run, or refuse (before any work) to touch a run the user did not name.
     Returns the lock and what the folder held (status)."""
     run_dir = Path(run_dir)
-    problem = refusal(run_dir, resume, overwrite, evaluate_only)  # before the lock creates anything
-    if problem:
-        raise problem
+    check(run_dir, resume, overwrite, evaluate_only)
     check_writable(run_dir)
     handle = lock(run_dir)
     try:
-        settle(run_dir, report=True)
-        problem = refusal(run_dir, resume, overwrite, evaluate_only, locked=True)  # another process may have written
+        settle(run_dir, report=True)  # (one more process may have been killed meanwhile)
+        problem = refusal(run_dir, resume, overwrite, evaluate_only, locked=True)  # or have written
         if problem:
             raise problem
     except BaseException:
@@ -445,7 +459,12 @@ class Run:
         if args.compile:
             trainer.network = torch.compile(trainer.network)
         if args.resume:
-            trainer.resume()
+            try:
+                trainer.resume()
+            except BaseException:  # refused: a caller that catches it (a notebook, a test) must not keep the lock
+                if self.lock:
+                    self.lock.close()
+                raise
             if self.is_main:
                 self.write_config()  # the run continues with this command's settings (e.g. more epochs)
         if self.is_main:
