@@ -218,18 +218,19 @@ def recorded_settings(args) -> argparse.Namespace:
 def for_each_seed(args, train):
     """`train(args)` once, or once per --seeds value into <run-dir>-seed<K>; then mean ± std.
     Every run folder is checked before the first run starts."""
-    runs_ = []
+    planned = []
     for value in args.seeds or [None]:
         one = copy.copy(args)
         if value is not None:
             one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
-        runs_.append(recorded_settings(one) if args.resume or args.evaluate_only else one)
-    for one in runs_:
-        runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
+        planned.append(recorded_settings(one) if args.resume or args.evaluate_only else one)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 looks (the others would see its lock)
+        for one in planned:
+            runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
     if not args.seeds:
-        return train(runs_[0])
+        return train(planned[0])
     results = {}
-    for one in runs_:
+    for one in planned:
         results[one.seed] = train(one)
     if runs.is_main_process():
         print(seed_summary(results))

@@ -282,7 +282,6 @@ class Trainer:
         self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
         self.claimed = False          # this run has written into run_dir
         self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
-        self.changed = False          # a resumed run has written a checkpoint of a new step
         self._saving = False          # a validation's checkpoints are being written
         self.data = data or {}
         self.last_validation = None   # (step, full evaluation result) of the latest validation
@@ -727,7 +726,7 @@ class Trainer:
             raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
                             "settings the run was trained with") from None
         trained_on = state.get("data") or None
-        same = trained_on["fingerprint"] == self.data.get("fingerprint") if trained_on and self.data else None
+        same = trained_on.get("fingerprint") == self.data.get("fingerprint") if trained_on and self.data else None
         return {**self._evaluate_splits(), "best_step": state["step"], "data": self.data, "trained_on": trained_on,
                 "on_training_data": same}
 
