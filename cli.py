@@ -29,8 +29,8 @@ import torch.distributed as dist
 import dataloaders
 import hardware
 import runs
-from trainer import TrainConfig, TrainingInterrupted
-from utils import MAX_SEED, UserError
+from trainer import RESUMABLE_CHANGES, TrainConfig, TrainingInterrupted
+from utils import MAX_SEED, UsageError, UserError, read_json
 
 # float32 holds magnitudes up to about 3.4e38; a larger learning rate would overflow inside torch.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -159,7 +159,8 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
     outputs = groups["outputs"]
     outputs.add_argument("--run-dir", type=Path, default=None, help=f"the run's folder (default: runs/{name})")
     outputs.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="folder for the figure")
-    outputs.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    outputs.add_argument("--resume", action="store_true",
+                         help="continue the run in --run-dir, with the settings it was made with")
     outputs.add_argument("--overwrite", action="store_true",
                          help="start over in a --run-dir that holds a run (finished or not); its files are "
                               "replaced when the new run saves its first checkpoint")
@@ -175,7 +176,8 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
     seeds.add_argument("--seeds", type=seed, nargs="+", default=None, metavar="K",
                        help="one run per seed, into <run-dir>-seed<K>, then mean and spread of the results")
     seeds.add_argument("--evaluate-only", action="store_true",
-                       help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json)")
+                       help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json), "
+                            "on the data it was trained on, or on another --data-dir / --subset")
     parser.set_defaults(**defaults)
     return parser
 
@@ -183,6 +185,10 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
 def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, then refuse flags that parse but cannot work here (one line, exit 2)."""
     args = parser.parse_args(argv)
+    # Which flags the command line gave (argparse fills in a default only where the namespace lacks it):
+    # --resume and --evaluate-only take the others from the run.
+    given = parser.parse_args(argv, namespace=argparse.Namespace(**{key: _NOT_GIVEN for key in vars(args)}))
+    args.flags_given = sorted(key for key, value in vars(given).items() if value is not _NOT_GIVEN)
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     if args.evaluate_only and (args.resume or args.overwrite):
@@ -230,18 +236,66 @@ def check_output_names(parser: argparse.ArgumentParser, args) -> None:
                              f"longer than the {limit} that a file or folder name may have; choose a shorter one")
 
 
+_NOT_GIVEN = object()
+
+
+# ---------------------------------------------------------------- settings recorded in a run
+
+# What this command does, never taken from the run it acts on.
+THIS_COMMAND = {"resume", "overwrite", "evaluate_only", "run_dir", "seeds", "debug", "flags_given", "name"}
+
+
+def recorded_settings(args) -> argparse.Namespace:
+    """--resume / --evaluate-only: the settings the run in its --run-dir was made with (config.json) where
+    the command line gives none. A flag it gives that differs is refused by name, unless it may change:
+    how the run is carried out (runs.RUN_ONLY), its length (trainer.RESUMABLE_CHANGES), and for
+    --evaluate-only the data evaluated (--data-dir, --subset)."""
+    run_dir = runs.run_dir_of(args)
+    path = run_dir / "config.json"
+    if getattr(args, "flags_given", None) is None or not path.is_file():
+        return args
+    try:
+        config = read_json(path)
+        runs.check_config(config, path)
+    except UserError:  # the checkpoints' signature still refuses other settings
+        return args
+    if config.get("name") != args.name:  # another script's run: refused by the checkpoint's signature
+        return args
+    may_change = runs.RUN_ONLY | RESUMABLE_CHANGES | ({"subset"} if args.evaluate_only else set())
+    args = copy.copy(args)
+    for key, value in config.get("settings", {}).items():
+        if key in THIS_COMMAND or not hasattr(args, key):
+            continue
+        current = getattr(args, key)
+        if key not in args.flags_given:
+            setattr(args, key, Path(value) if isinstance(current, Path) and value is not None else value)
+        elif key not in may_change and runs.json_value(current) != value:
+            flag = f"--{key.replace('_', '-')}"
+            raise UsageError(f"{run_dir} was made with {flag}={value}, not {flag}={runs.json_value(current)}; drop "
+                             f"{flag} to {'evaluate' if args.evaluate_only else 'continue'} it as it was made, or "
+                             "start a new run with another --run-dir (or --overwrite)")
+    return args
+
+
 # ---------------------------------------------------------------- several seeds
 
 def for_each_seed(args, train):
-    """`train(args)` once, or once per --seeds value into <run-dir>-seed<K>; then mean ± std."""
-    if not args.seeds:
-        return train(args)
-    base = runs.run_dir_of(args)
-    results = {}
-    for value in args.seeds:
+    """`train(args)` once, or once per --seeds value into <run-dir>-seed<K>; then mean ± std.
+    Every run folder is checked before the first run starts."""
+    planned = []
+    for value in args.seeds or [None]:
         one = copy.copy(args)
-        one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(base, value)
-        results[value] = train(one)
+        if value is not None:
+            one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
+        planned.append(recorded_settings(one) if args.resume or args.evaluate_only else one)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 looks (the others would see its lock)
+        for one in planned:
+            runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
+    if not args.seeds:
+        return train(planned[0])
+    results = {}
+    for one in planned:
+        results[one.seed] = train(one)
     if runs.is_main_process():
         print(seed_summary(results))
     return results

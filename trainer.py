@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import graphs
 from hardware import AUTOCAST_DTYPES, is_peer_failure
-from utils import UserError, load_checkpoint, read_json, save_checkpoint, write_json
+from utils import UsageError, UserError, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -70,6 +70,33 @@ class TrainConfig:
 RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs", "channels_last"}
 
 
+# What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
+# (another program's, a best.pt copied over last.pt) and is refused by name, not met by a KeyError later.
+LAST_CHECKPOINT = {"model": dict, "optimizer": dict, "scaler": dict, "step": int, "epoch": int,
+                   "batch_in_epoch": int, "history": dict, "best": dict, "callbacks": list,
+                   "train_seconds": (int, float), "images_trained": int, "wall_seconds": list,
+                   "torch_rng": torch.Tensor, "signature": dict}
+BEST_CHECKPOINT = {"model": dict, "step": int, "signature": dict}
+
+
+def load_own_checkpoint(path: Path, form: dict, map_location="cpu") -> dict:
+    """A last.pt (form=LAST_CHECKPOINT) or best.pt (BEST_CHECKPOINT) this loop wrote, else one UserError."""
+    state = load_checkpoint(path, map_location=map_location)
+    if not isinstance(state, dict):
+        problem = f"it holds a {type(state).__name__}"
+    else:
+        wrong = [key for key, kind in form.items() if not isinstance(state.get(key), kind)]
+        if form is LAST_CHECKPOINT and not wrong and not {"step", "loss"} <= set(state["best"]):
+            wrong = ["best"]
+        problem = wrong and f"no valid {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
+        if wrong and form is LAST_CHECKPOINT and all(isinstance(state.get(k), t) for k, t in BEST_CHECKPOINT.items()):
+            problem += ": it is a best.pt (weights only), which cannot be resumed"
+    if problem:
+        raise UserError(f"{path} is not a checkpoint of this project's training ({problem}); put the run's own "
+                        "file back, or start over with --overwrite")
+    return state
+
+
 class TrainingDiverged(UserError):
     pass
 
@@ -83,7 +110,8 @@ class Callback:
 
     on_train_start runs once per process before the first step (after --resume restored the state),
     after_step after every optimisation step, after_validation once last.pt holds that validation,
-    before_first_save before a new run writes its first file into the run directory. state_dict /
+    before_first_save before a new run writes its first file into the run directory, after_first_save
+    once its first last.pt is written or the run has stopped before it could be (error, interrupt). state_dict /
     load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
     """
 
@@ -97,6 +125,9 @@ class Callback:
         pass
 
     def before_first_save(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_first_save(self, trainer: "Trainer") -> None:
         pass
 
     def state_dict(self):
@@ -192,13 +223,16 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
                  run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
                  loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
-                 protect_previous: bool = False, evaluate_only: bool = False, started: float | None = None):
+                 protect_previous: bool = False, evaluate_only: bool = False, started: float | None = None,
+                 data: dict | None = None):
         """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
         training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
         model's by default). `settings` (the script's resolved command line) is compared on --resume.
         With `protect_previous`, nothing is written into run_dir (a finished run being replaced) until
         the first validation, so a run that fails before it leaves the previous one as it was.
         With `evaluate_only`, fit() evaluates best.pt and trains nothing.
+        `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
+        --resume.
         """
         self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
@@ -250,6 +284,9 @@ class Trainer:
         self.resumed = False
         self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
         self.claimed = False          # this run has written into run_dir
+        self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
+        self._saving = False          # a validation's checkpoints are being written
+        self.data = data or {}
         self.last_validation = None   # (step, full evaluation result) of the latest validation
         self.metrics = None           # fit()'s result
         # Where this process's time goes besides the training steps (metrics.json "seconds").
@@ -330,7 +367,7 @@ class Trainer:
                 "callbacks": [callback.state_dict() for callback in self.callbacks],
                 "train_seconds": self.train_seconds, "images_trained": self.images_trained,
                 "wall_seconds": self.wall_seconds(), "torch_rng": torch.get_rng_state(),
-                "device_rng": self._device_rng_state(), "signature": self.signature}
+                "device_rng": self._device_rng_state(), "signature": self.signature, "data": self.data}
 
     def _device_rng_state(self):
         if self.device.type == "cuda":
@@ -349,13 +386,39 @@ class Trainer:
 
     def save_last(self) -> None:
         self._claim()
+        first = self.saved_step is None
+        if self.step != self.saved_step:
+            self._outdate_results()
         if self.is_main:
             save_checkpoint(self._state(), self.run_dir / "last.pt")
+        self.saved_step = self.step
+        if self.is_main:
             write_json(self.history, self.run_dir / "history.json")
+        if first and not self.resumed:
+            for callback in self.callbacks:
+                callback.after_first_save(self)
 
-    def check_signature(self, state: dict, path: Path, action: str) -> None:
+    def _outdate_results(self, best: bool = False) -> None:
+        """A resumed run whose checkpoints change is unfinished again until its new final evaluation: its
+        metrics.json goes before they change (with best.pt, also evaluation.json, --evaluate-only's
+        numbers of the best.pt being replaced), so no final numbers are left that they no longer back."""
+        if self.resumed and self.is_main:
+            for name in ("metrics.json", "evaluation.json") if best else ("metrics.json",):
+                (self.run_dir / name).unlink(missing_ok=True)
+
+    def _kept(self) -> str:
+        """What is on disk after an interrupted save."""
+        if self.saved_step is not None:
+            return (f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}; continue with the same command "
+                    "plus --resume")
+        if self.protect_previous:
+            return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
+        return "nothing was saved"
+
+    def check_signature(self, state: dict, path: Path, action: str, may_differ=()) -> None:
         saved = state.get("signature", {})
-        changed = sorted(k for k in set(saved) | set(self.signature) if saved.get(k) != self.signature.get(k))
+        changed = sorted(k for k in set(saved) | set(self.signature)
+                         if k not in may_differ and saved.get(k) != self.signature.get(k))
         if changed:
             details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.signature.get(k)!r}" for k in changed[:4])
             raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
@@ -365,12 +428,21 @@ class Trainer:
         path = self.run_dir / "last.pt"
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
         self.check_signature(state, path, "resume")
+        saved_data = state.get("data") or {}
+        if self.data and saved_data and saved_data.get("fingerprint") != self.data.get("fingerprint"):
+            raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
+                            f"now {describe_data(self.data)}); pass the --data-dir it was trained on, or start "
+                            "over with --overwrite or another --run-dir")
+        if self.data and saved_data and saved_data.get("source") != self.data.get("source"):
+            self.log(f"the same data as before, now from {self.data['source']}")
         best = self.run_dir / "best.pt"
         if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
             raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
                             "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
+        if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
+            self.check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), best, "resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -389,6 +461,7 @@ class Trainer:
         elif state["device_rng"] is not None and self.device.type == "mps":
             torch.mps.set_rng_state(state["device_rng"].cpu())
         self.resumed = self.claimed = True
+        self.saved_step = self.step
         self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
                  f"best validation loss {self.best['loss']:.4f})")
 
@@ -446,6 +519,9 @@ class Trainer:
                  "loss": result["loss"], "accuracy": result["accuracy"]}
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
+        # From here until last.pt holds this validation, a second Ctrl-C saves nothing more: the files on
+        # disk stay those of the previous validation.
+        self._saving = True
         self.history["validation"].append(point)
         self.last_validation = (self.step, result)
         saving = time.perf_counter()
@@ -454,11 +530,13 @@ class Trainer:
         if improved:
             self.best = {"loss": result["loss"], "step": self.step}
             self._claim()
+            self._outdate_results(best=True)
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
-                                 "validation": point, "signature": self.signature},
+                                 "validation": point, "signature": self.signature, "data": self.data},
                                 self.run_dir / "best.pt")
         self.save_last()
+        self._saving = False
         logging = time.perf_counter()
         self.seconds["checkpoints"] += logging - saving
         for callback in self.callbacks:
@@ -521,7 +599,16 @@ class Trainer:
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""
         with interrupts_between_steps() as self._interrupted:
-            self._train()
+            try:
+                self._train()
+            except BaseException as error:
+                if not self.claimed or self.saved_step is not None:
+                    raise
+                for callback in self.callbacks:  # stopped before its first last.pt: a replaced run comes back
+                    callback.after_first_save(self)
+                if self.protect_previous and type(error) in (UserError, UsageError):  # e.g. a full disk
+                    raise type(error)(f"{error}; {self.run_dir} is as it was before this run") from None
+                raise
 
     def _train(self) -> None:
         self.model.train()
@@ -586,11 +673,17 @@ class Trainer:
                 raise TrainingInterrupted(
                     f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
                     f"previous run in {self.run_dir} is as it was") from None
-            self._record_losses(pending, rates)
-            self.save_last()
-            raise TrainingInterrupted(
-                f"interrupted: step {self.step} is saved in {self.run_dir / 'last.pt'}; continue with the same "
-                "command plus --resume") from None
+            if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
+                self._record_losses(pending, rates)
+                try:
+                    self.save_last()
+                except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
+                    pass
+                else:
+                    raise TrainingInterrupted(
+                        f"interrupted: step {self.step} is saved in {self.run_dir / 'last.pt'}; continue with the "
+                        "same command plus --resume") from None
+            raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
         bar.close()
 
     def _diverged(self, pending, rates, loss) -> None:
@@ -620,7 +713,7 @@ class Trainer:
         # in memory and their validation numbers are known: no reload, no second validation pass.
         at_best = self.best["step"] == self.step
         if not at_best:
-            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+            self.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=self.device)["model"])
         known = at_best and self.last_validation and self.last_validation[0] == self.step
         metrics = self._evaluate_splits(validation=self.last_validation[1] if known else None)
         self.seconds["final_evaluation"] = time.perf_counter() - started
@@ -649,15 +742,19 @@ class Trainer:
             callback.close()
 
     def evaluate_checkpoint(self, path: Path) -> dict:
-        """Evaluate saved weights (best.pt) on every split without training or changing the run."""
-        state = load_checkpoint(path, map_location=self.device)
-        self.check_signature(state, path, "evaluate")
+        """Evaluate saved weights (best.pt) on every split without training or changing the run; on the
+        data it was trained on or other data (another folder or --subset: `data` and `trained_on` say)."""
+        state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=self.device)
+        self.check_signature(state, path, "evaluate", may_differ={"subset"})
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
             raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
                             "settings the run was trained with") from None
-        return {**self._evaluate_splits(), "best_step": state["step"]}
+        trained_on = state.get("data") or None
+        same = trained_on.get("fingerprint") == self.data.get("fingerprint") if trained_on and self.data else None
+        return {**self._evaluate_splits(), "best_step": state["step"], "data": self.data, "trained_on": trained_on,
+                "on_training_data": same}
 
     def _evaluate_splits(self, validation: dict | None = None) -> dict:
         """The model as it is on train, validation (unless its result is given) and test, in that order:
@@ -665,6 +762,13 @@ class Trainer:
         train = self.evaluate(self.train_loader)
         return {"train": {k: train[k] for k in ("loss", "accuracy")},
                 "validation": validation or self.evaluate(self.val_loader), "test": self.evaluate(self.test_loader)}
+
+
+def describe_data(data: dict) -> str:
+    """'45000 train / 5000 validation / 10000 test images from <source> (fingerprint ...)'."""
+    return (f"{data.get('train_images')} train / {data.get('validation_images')} validation / "
+            f"{data.get('test_images')} test images from {data.get('source')} (fingerprint "
+            f"{str(data.get('fingerprint'))[:12]})")
 
 
 def weakest_classes(result: dict, count: int = 3) -> list[tuple[str, float]]:

@@ -4,6 +4,8 @@ A new run into a folder holding a finished run is refused without --overwrite; w
 stay until the new run saves its first checkpoint, so a run that diverges, is interrupted or crashes
 before that leaves the old one exactly as it was.
 """
+import errno
+import gc
 import os
 import shutil
 import signal
@@ -11,12 +13,14 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import dataloaders
 import resnet
+import runs
 import task2
 import utils
-from conftest import ROOT
+from conftest import ROOT, write_image_folders
 from runs import read_run
 from test_robustness import ONE_THREAD, one_line_error, outcome, snapshot, task2_args
 from trainer import Trainer
@@ -213,3 +217,201 @@ def test_no_float_that_float32_cannot_hold(tmp_path):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--lr" in result.stderr
     assert "float32" in result.stderr and not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------- issue 20: folders, replacements, resumes
+
+def tree(folder):
+    """Every file below `folder` (the lock included) and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("held", ["config.json", "metrics.csv", "evaluation.json", "history.json",
+                                  "tensorboard/events.out.tfevents.1", "notes.txt", "best.pt"])
+def test_a_folder_holding_files_but_no_run_is_refused(held, folder_data, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / held).parent.mkdir(parents=True, exist_ok=True)
+    (run_dir / held).write_text("the user's")
+    before = tree(run_dir)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots"), capsys)
+    assert code == 2 and one_line_error(stderr) and held.split("/")[0] in stderr
+    assert "--overwrite" in stderr and "--run-dir" in stderr
+    assert tree(run_dir) == before           # not even a lock file
+    assert not (tmp_path / "plots").exists()
+
+
+def test_an_empty_folder_is_used(folder_data, tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert run(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "5"),
+               capsys)[0] == 0
+    assert (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_overwrite_replaces_only_the_files_a_run_writes(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    (run_dir / "notes.txt").write_text("mine")
+    (run_dir / "mine").mkdir()
+    (run_dir / "mine" / "table.csv").write_text("1,2\n")
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "events.out.tfevents.1").write_text("an old run's log")
+    old = read_run(run_dir)
+    code, _ = run(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
+    assert code == 0 and read_run(run_dir)["metrics"]["test"] != old["metrics"]["test"]
+    assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "mine" / "table.csv").read_text() == "1,2\n"
+    assert not (run_dir / "tensorboard").exists() and not (run_dir / runs.PREVIOUS).exists()
+
+
+def full_disk_at_first_best(monkeypatch):
+    """The first write of best.pt fails as on a full disk (the temporary file cannot be written)."""
+    real = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        if isinstance(obj, dict) and "validation" in obj:  # what best.pt holds
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, handle, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_overwrite_on_a_full_disk_keeps_the_old_run(folder_data, finished, tmp_path, capsys, monkeypatch):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    before = tree(run_dir)
+    full_disk_at_first_best(monkeypatch)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite"), capsys)
+    assert code == 1 and one_line_error(stderr)
+    assert "the disk is full" in stderr and f"{run_dir} is as it was" in stderr
+    assert tree(run_dir) == before
+
+
+# Runs task2.py, SIGKILLed by itself in the middle of writing its first best.pt.
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import torch
+real = torch.save
+def save(obj, handle, *args, **kwargs):
+    if isinstance(obj, dict) and "validation" in obj:  # what best.pt holds
+        handle.write(b"half a checkpoint")
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, handle, *args, **kwargs)
+torch.save = save
+import cli, task2
+cli.main(task2.main, sys.argv[1:])
+"""
+
+
+def test_overwrite_killed_during_its_first_write_keeps_the_old_run(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    before = tree(run_dir)
+    killed = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING.format(root=str(ROOT)),
+                             *map(str, task2_args(folder_data, run_dir, plot_dir, "--overwrite"))],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (run_dir / "metrics.json").exists()             # moved aside, not lost:
+    # the next start into the folder puts the old run back (here a plain rerun, which it then refuses)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir), capsys)
+    assert code == 2 and "restored the previous run" in stderr and "holds a finished run" in stderr
+    after = tree(run_dir)
+    assert {name: data for name, data in after.items() if not name.startswith(".best.pt.")} == before
+    assert read_run(run_dir) == read_run(finished / "run")
+
+
+def test_resumed_finished_run_is_unfinished_once_its_checkpoints_change(folder_data, finished, tmp_path, capsys,
+                                                                        monkeypatch):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    old_steps = read_run(run_dir)["metrics"]["steps"]
+    utils.write_json({"test": {"loss": 1.0}}, run_dir / "evaluation.json")  # --evaluate-only of the old best.pt
+    fail_at_step(monkeypatch, 12, KeyboardInterrupt())                       # after a new validation
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "6", "--early-stop-count", "9"],
+                           capsys)
+    assert code == 130 and "is saved" in stderr
+    assert utils.load_checkpoint(run_dir / "last.pt")["step"] > old_steps
+    assert not (run_dir / "metrics.json").exists()          # no final numbers the checkpoints no longer back
+    # evaluation.json described the old best.pt: it goes with it, and stays while best.pt does
+    best_changed = utils.load_checkpoint(run_dir / "best.pt")["step"] > old_steps
+    assert (run_dir / "evaluation.json").exists() != best_changed
+    assert runs.status(run_dir) == "unfinished"
+    monkeypatch.undo()  # the interrupted run's lock, kept by the raised exception's traceback in this process
+    gc.collect()        # (a real process has exited)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir), capsys)
+    assert code == 2 and "holds an unfinished run" in stderr
+
+
+def test_resume_of_a_finished_run_without_training_keeps_its_results(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    old = read_run(run_dir)["metrics"]
+    assert run(task2.main, ["--run-dir", run_dir, "--resume", "--data-dir", folder_data], capsys)[0] == 0
+    new = read_run(run_dir)["metrics"]
+    assert new["test"] == old["test"] and new["steps"] == old["steps"]
+
+
+def test_resume_on_other_data_is_refused(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    utils.save_checkpoint({**utils.load_checkpoint(run_dir / "last.pt"), "step": 12},
+                          run_dir / "last.pt")  # stands in for an interrupted run (the data check comes first)
+    os.remove(run_dir / "metrics.json")
+    other = write_image_folders(tmp_path / "other", per_class_train=25)
+    before = tree(run_dir)
+    for how in (["--data-dir", other], ["--data-dir", folder_data, "--subset", "120"]):
+        code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", *how], capsys)
+        assert code in (1, 2) and one_line_error(stderr), stderr
+        assert "other data" in stderr or "--subset" in stderr
+        assert tree(run_dir) == before
+    # The same through $CIFAR10_DIR, the run having been made with the default data folder.
+    config = utils.read_json(run_dir / "config.json")
+    config["settings"]["data_dir"] = None
+    utils.write_json(config, run_dir / "config.json")
+    before = tree(run_dir)
+    os.environ["CIFAR10_DIR"] = str(other)
+    try:
+        code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume"], capsys)
+    finally:
+        del os.environ["CIFAR10_DIR"]
+    assert code == 1 and "cannot resume" in stderr and "other data" in stderr and str(other) in stderr
+    assert tree(run_dir) == before
+
+
+def test_resume_and_evaluate_only_need_only_the_run_dir(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    code, stderr = run(task2.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
+    assert code == 0, stderr
+    evaluation = utils.read_json(run_dir / "evaluation.json")
+    assert evaluation["test"] == read_run(run_dir)["metrics"]["test"] and evaluation["on_training_data"] is True
+    # A flag that changes what the run computes is refused by name, before anything loads.
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--momentum", "0.9"], capsys)
+    assert code == 2 and one_line_error(stderr) and "--momentum" in stderr
+    # A longer run is allowed: it continues with the recorded settings (batch size 16, subset 160).
+    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+                       capsys)
+    assert code == 0, stderr
+    config = read_run(run_dir)["config"]["settings"]
+    assert config["batch_size"] == 16 and config["subset"] == 160 and config["epochs"] == 5
+    assert read_run(run_dir)["metrics"]["steps"] == 50
+
+
+def test_evaluate_only_on_other_data_says_so(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    before = {name: data for name, data in tree(run_dir).items() if name != "evaluation.json"}
+    code, _ = run(task2.main, ["--run-dir", run_dir, "--evaluate-only", "--subset", "50"], capsys)
+    assert code == 0
+    evaluation = utils.read_json(run_dir / "evaluation.json")
+    assert evaluation["on_training_data"] is False and evaluation["data"]["test_images"] == 50
+    assert evaluation["trained_on"]["test_images"] == 100
+    assert {name: data for name, data in tree(run_dir).items() if name != "evaluation.json"} == before
+
+
+def test_every_seed_folder_is_checked_before_the_first_trains(folder_data, finished, tmp_path, capsys):
+    shutil.copytree(finished / "run", tmp_path / "run-seed1")
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots",
+                                                  "--seeds", "0", "1"), capsys)
+    assert code == 2 and one_line_error(stderr) and f"{tmp_path / 'run-seed1'} holds a finished run" in stderr
+    assert not (tmp_path / "run-seed0").exists() and "validation loss" not in stderr
+
+
+def test_resume_with_a_truncated_best_checkpoint_is_refused(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes()[:3000])
+    before = tree(run_dir)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--resume"), capsys)
+    assert code == 1 and one_line_error(stderr) and str(run_dir / "best.pt") in stderr and "corrupt" in stderr
+    assert tree(run_dir) == before

@@ -181,20 +181,21 @@ def test_ctrl_c_or_sigterm_saves_and_exits_130(sig, folder_data, tmp_path):
 
 # ---------------------------------------------------------------- resuming the wrong thing
 
-@pytest.mark.parametrize("entry, extra", [(task2.main, ["--lr", "0.01"]),
-                                          (task2.main, ["--batch-size", "32"]),
-                                          (task3_model1.main, [])])
-def test_resume_with_other_settings_or_model_is_refused(entry, extra, folder_data, tmp_path, uninterrupted,
-                                                        capsys):
+@pytest.mark.parametrize("entry, extra, code, says", [
+    (task2.main, ["--lr", "0.01"], 2, "was made with --lr=0.05, not --lr=0.01; drop --lr"),  # before the data loads
+    (task2.main, ["--batch-size", "32"], 2, "was made with --batch-size=16, not --batch-size=32"),
+    (task3_model1.main, [], 1, "cannot resume"),                                # another model: its checkpoint says
+])
+def test_resume_with_other_settings_or_model_is_refused(entry, extra, code, says, folder_data, tmp_path,
+                                                        uninterrupted, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     for path in uninterrupted[1].iterdir():
         (run_dir / path.name).write_bytes(path.read_bytes())
     before = snapshot(run_dir)
-    code, stderr = outcome(entry, task2_args(folder_data, run_dir, tmp_path / "plots", "--resume", *extra),
-                           capsys)
-    assert code == 1 and one_line_error(stderr)
-    assert "cannot resume" in stderr and "other settings" in stderr
+    ended, stderr = outcome(entry, task2_args(folder_data, run_dir, tmp_path / "plots", "--resume", *extra),
+                            capsys)
+    assert ended == code and one_line_error(stderr) and says in stderr
     assert snapshot(run_dir) == before
 
 
@@ -365,3 +366,71 @@ def test_non_finite_validation_loss_is_divergence_and_keeps_last_good_checkpoint
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 5
     assert load_checkpoint(tmp_path / "best.pt")["step"] == 5
     assert [p["step"] for p in read_json(tmp_path / "history.json")["validation"]] == [5]
+
+
+# ---------------------------------------------------------------- checkpoints that load but are not ours
+
+def copy_run(source, run_dir):
+    run_dir.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            (run_dir / path.name).write_bytes(path.read_bytes())
+    return run_dir
+
+
+@pytest.mark.parametrize("which, content, action", [
+    ("last.pt", [1, 2], "--resume"), ("last.pt", {"weights": torch.zeros(2)}, "--resume"),
+    ("last.pt", "best.pt", "--resume"), ("last.pt", {"model": {}, "best": 3}, "--resume"),
+    ("best.pt", [1, 2], "--evaluate-only"), ("best.pt", {"step": 5}, "--evaluate-only"),
+    ("best.pt", [1, 2], "--resume"),
+])
+def test_a_checkpoint_that_is_not_ours_is_named(which, content, action, folder_data, tmp_path, uninterrupted,
+                                                 capsys):
+    run_dir = copy_run(uninterrupted[1], tmp_path / "run")
+    if content == "best.pt":
+        (run_dir / which).write_bytes((run_dir / "best.pt").read_bytes())
+    else:
+        torch.save(content, run_dir / which)
+    before = snapshot(run_dir)
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", action), capsys)
+    assert code == 1 and one_line_error(stderr), stderr
+    assert f"{run_dir / which} is not a checkpoint of this project" in stderr
+    assert ("it is a best.pt" in stderr) == (content == "best.pt")
+    assert snapshot(run_dir) == before
+
+
+@pytest.mark.parametrize("script", ["task4b", "task4c"])
+def test_task4_checkpoint_that_is_not_ours_is_named(script, tmp_path, capsys):
+    import importlib
+    from PIL import Image
+    Image.new("RGB", (40, 30), "white").save(tmp_path / "photo.png")
+    for content in ([1, 2], {"step": 5}, {"model": {"conv1.weight": torch.zeros(1)}}):
+        torch.save(content, tmp_path / "best.pt")
+        code, stderr = outcome(importlib.import_module(script).main, [
+            "--checkpoint", tmp_path / "best.pt", "--image", tmp_path / "photo.png", "--plot-dir", tmp_path], capsys)
+        assert code == 1 and one_line_error(stderr) and f"--checkpoint {tmp_path / 'best.pt'}" in stderr
+
+
+# ---------------------------------------------------------------- a second Ctrl-C while saving
+
+@pytest.mark.parametrize("file", ["last.pt", "best.pt"])
+def test_second_ctrl_c_while_saving_says_which_step_is_kept(file, folder_data, tmp_path, capsys, monkeypatch):
+    """First Ctrl-C in step 7 (last.pt then holds step 5); the second lands while last.pt is written (or,
+    at the validation of step 10, while the new best.pt is)."""
+    from test_keep_results import fail_at_step
+    run_dir = tmp_path / "run"
+    real_save = torch.save
+
+    def save(obj, handle, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step", 0) > 5 and ("optimizer" in obj) == (file == "last.pt"):
+            raise KeyboardInterrupt  # the second Ctrl-C
+        return real_save(obj, handle, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    if file == "last.pt":
+        fail_at_step(monkeypatch, 7, KeyboardInterrupt())
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--lr", "0.02"),
+                           capsys)
+    assert code == 130 and "nothing was trained or saved" not in stderr
+    assert f"{run_dir / 'last.pt'} keeps step 5" in stderr and "--resume" in stderr
+    assert load_checkpoint(run_dir / "last.pt")["step"] == 5 and load_checkpoint(run_dir / "best.pt")["step"] == 5
+    assert [p["step"] for p in read_json(run_dir / "history.json")["validation"]] == [5]

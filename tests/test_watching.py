@@ -170,8 +170,16 @@ def test_evaluate_only_without_or_with_a_mismatched_checkpoint(folder_data, tiny
     assert code == 1 and one_line_error(stderr) and "nothing to evaluate" in stderr and "best.pt" in stderr
     code, stderr = run(task2.main, [*task2_args(folder_data, tiny, tmp_path / "plots"), "--evaluate-only",
                                     "--lr", "0.3"], capsys)
-    assert code == 1 and one_line_error(stderr) and "cannot evaluate" in stderr and "lr: 0.05 -> 0.3" in stderr
+    assert code == 2 and one_line_error(stderr) and "was made with --lr=0.05, not --lr=0.3" in stderr
     assert not (tiny / "evaluation.json").exists()
+    # Without its config.json the run's settings are unknown: the checkpoint's signature refuses them.
+    import shutil
+    shutil.copytree(tiny, tmp_path / "run")
+    (tmp_path / "run" / "config.json").unlink()
+    code, stderr = run(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only",
+                                    "--lr", "0.3"], capsys)
+    assert code == 1 and one_line_error(stderr) and "cannot evaluate" in stderr and "lr: 0.05 -> 0.3" in stderr
+    assert not (tmp_path / "run" / "evaluation.json").exists()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
