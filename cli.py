@@ -150,6 +150,9 @@ def training_parser(description: str, name: str, **defaults) -> argparse.Argumen
 def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, then refuse flags that parse but cannot work here (one line, exit 2)."""
     args = parser.parse_args(argv)
+    runs.SCRIPT_DEFAULTS.clear()
+    runs.SCRIPT_DEFAULTS.update({action.dest: parser.get_default(action.dest) for action in parser._actions
+                                 if action.dest != "help"})
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     if args.evaluate_only and (args.resume or args.overwrite):

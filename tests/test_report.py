@@ -54,7 +54,7 @@ def test_report_from_saved_runs(runs, tmp_path):
     assert "0.686 / 0.763" in report          # Model 2 test
     assert "0.712 / 0.915" in report          # Task 2 train
     # data source and machine of every run
-    assert report.count("image folders at /data/cifar10-jpeg") >= 4
+    assert report.count("image folders at cifar10-jpeg") >= 4 and "/data/" not in report
     assert "Test CPU, 2 threads" in report
     # missing run named with the command that makes it; unfinished one with --resume
     assert "task3d is missing: make it with `python task3d.py" in report
@@ -81,7 +81,7 @@ def test_truncated_history_is_a_clear_error_and_the_rest_is_drawn(runs, tmp_path
     with pytest.raises(UserError, match="1 run.s. could not be read"):
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
-    assert str(history) in text and "truncated" in text
+    assert "runs/task3_model2/history.json is truncated" in text
     assert (plots / "task2.png").exists() and (plots / "report.md").exists()
     assert not (plots / "task3_model2.png").exists()
 
@@ -137,7 +137,7 @@ def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypat
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--image", str(photo)])
     assert (plots / "task4b.png").stat().st_size > 5_000
     assert (plots / "task4c.png").stat().st_size > 5_000
-    assert "redrawn" in (plots / "report.md").read_text()
+    assert "Redrawn" in (plots / "report.md").read_text()
 
 
 def test_run_in_progress_is_named(runs, tmp_path):
@@ -156,7 +156,7 @@ def test_run_in_progress_is_named(runs, tmp_path):
     (lambda m: m["test"].update(accuracy="0.9"), "test accuracy is '0.9', not a number"),
     (lambda m: m["validation"].update(loss=None), "validation loss is None, not a number"),
     (lambda m: m.update(train="0.9"), "it lacks train/validation/test"),
-    (lambda m: m.update(wall_seconds="long"), "wall_seconds is not a number"),
+    (lambda m: m.update(wall_seconds="long"), "wall_seconds is 'long', not a number"),
 ])
 def test_a_metrics_file_with_wrong_types_is_named_and_the_rest_is_produced(runs, tmp_path, damage, expected):
     path = runs / "task3_model2" / "metrics.json"
@@ -167,7 +167,7 @@ def test_a_metrics_file_with_wrong_types_is_named_and_the_rest_is_produced(runs,
     with pytest.raises(UserError, match="1 run.s. could not be read"):
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
-    assert f"{path} is damaged: {expected}" in text
+    assert f"runs/task3_model2/metrics.json is damaged: {expected}" in text
     assert "0.612 / 0.739" in text and (plots / "task2.png").exists()   # everything else is there
 
 
@@ -176,7 +176,7 @@ def test_a_config_with_wrong_types_is_named(runs, tmp_path):
     plots = tmp_path / "plots"
     with pytest.raises(UserError, match="could not be read"):
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
-    assert f"{runs / 'task2' / 'config.json'} is damaged: 'settings' is not an object" in (plots / "report.md").read_text()
+    assert "runs/task2/config.json is damaged: 'settings' is not an object" in (plots / "report.md").read_text()
 
 
 def test_a_run_in_progress_is_drawn_and_marked(runs, tmp_path):
@@ -203,7 +203,7 @@ def test_confusion_figure_and_most_confused_pairs(runs, tmp_path):
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     assert (plots / "task2_confusion.png").stat().st_size > 10_000
-    assert "Task 2: cat taken for dog (40 images)" in (plots / "report.md").read_text()
+    assert "Most confused: cat taken for dog (40 images)" in (plots / "report.md").read_text()
 
 
 def test_runs_that_differ_only_by_seed_are_summarised(runs, tmp_path):
