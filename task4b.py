@@ -30,7 +30,7 @@ def first_layer(model, image):
 
 def make_figure(weights, activations, indices, title=""):
     plt = figures.pyplot()
-    figure, axes = plt.subplots(2, len(indices), figsize=(2.4 * len(indices), 5.2), squeeze=False,
+    figure, axes = plt.subplots(2, len(indices), figsize=(figures.WIDTH, figures.WIDTH / len(indices) * 2 + 0.8), squeeze=False,
                               layout="constrained")
     for column, index in enumerate(indices):
         top, bottom = axes[0, column], axes[1, column]
@@ -41,7 +41,7 @@ def make_figure(weights, activations, indices, title=""):
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title)
+    figure.suptitle(figures.wrapped(title))
     return figure
 
 
