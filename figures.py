@@ -46,7 +46,7 @@ def save(figure, path: Path) -> Path:
 
 def wrapped(title: str, width: int = 90) -> str:
     """A title in lines that fit the figure's width."""
-    return "\n".join(textwrap.wrap(title, width)) if title else title
+    return "\n".join(textwrap.wrap(title, width, break_on_hyphens=False)) if title else title
 
 
 def _smoothed(steps, values, window):
