@@ -399,3 +399,12 @@ def test_runs_dir_that_is_a_file_is_named(tmp_path):
     blocker.write_text("")
     with pytest.raises(UserError, match="is a file; it must be the folder that holds one run folder per script"):
         report.main(["--runs-dir", str(blocker), "--plot-dir", str(tmp_path / "plots")])
+
+
+def test_layer_table_from_the_model_repr_in_config():
+    from torch import nn
+
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU()), nn.Flatten(), nn.Linear(8, 10))
+    assert report.layer_rows(repr(model)) == [
+        ["0.0", "Conv2d", "3, 8, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2)"], ["0.1", "ReLU", ""],
+        ["1", "Flatten", "start_dim=1, end_dim=-1"], ["2", "Linear", "in_features=8, out_features=10, bias=True"]]
