@@ -36,9 +36,11 @@ def save(figure, path: Path) -> Path:
     """Write `figure` as a PNG and, beside it, a PDF (vector, for a LaTeX report), each atomically (a
     crash never leaves half an image); close it. Returns the PNG's path."""
     path = Path(path)
+    # The title travels in the file (PNG text chunk, PDF info), so that report.py can tell what it shows.
+    metadata = {"Title": figure.get_suptitle().replace("\n", " ")} if figure.get_suptitle() else {}
     try:
         for target, kind in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
-            atomic_write(target, lambda handle: figure.savefig(handle, format=kind))
+            atomic_write(target, lambda handle: figure.savefig(handle, format=kind, metadata=metadata))
     finally:
         pyplot().close(figure)
     return path

@@ -627,7 +627,22 @@ def task4(doc, found, loaded, drawn, runs_dir, plot_dir, image) -> None:
         doc.heading(3, VISUALISATIONS[name])
         doc.paragraph(what)
         if figure:
-            doc.figure(figure, VISUALISATIONS[name])
+            title = figure_title(figure)
+            if "random weights" in title:
+                doc.paragraph(f"**Not the real thing**: drawn with random weights; `python {name}.py` with the "
+                              "ImageNet weights draws the real figure.")
+            doc.figure(figure, title or VISUALISATIONS[name])
+
+
+def figure_title(path: Path) -> str:
+    """The title figures.save wrote into a PNG ('' for a figure drawn by an older version)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Title", ""))
+    except OSError:
+        return ""
 
 
 # ---------------------------------------------------------------- --train-missing

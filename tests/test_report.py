@@ -408,3 +408,21 @@ def test_layer_table_from_the_model_repr_in_config():
     assert report.layer_rows(repr(model)) == [
         ["0.0", "Conv2d", "3, 8, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2)"], ["0.1", "ReLU", ""],
         ["1", "Flatten", "start_dim=1, end_dim=-1"], ["2", "Linear", "in_features=8, out_features=10, bias=True"]]
+
+
+def test_a_task4b_figure_of_random_weights_is_marked_in_the_report(runs, tmp_path, monkeypatch):
+    from PIL import Image
+
+    import task4b
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))      # no cached ImageNet weights
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (300, 200), (120, 80, 40)).save(photo)
+    plots = tmp_path / "plots"
+    task4b.main(["--weights", "none", "--image", str(photo), "--plot-dir", str(plots)])
+    assert (plots / "task4b.pdf").exists()
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    section = text[text.index("### Task 4b"):text.index("### Task 4c")]
+    assert "**Not the real thing**: drawn with random weights" in section
+    assert "![First-layer filters and activations on photo.jpg (random weights)](task4b.png)" in section
