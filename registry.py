@@ -30,7 +30,8 @@ RUNS = (
     RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", {"test": "a little over 0.80"},
              seconds={"cpu": 770, "gpu": 21}),
     # CPU: about 2 hours per epoch plus 1.5 hours of final evaluation; GPU: 3 s per epoch once warm.
-    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py", seconds={"cpu": 12 * 3600, "gpu": 40, "estimated": True}),
+    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py",
+             seconds={"cpu": 12 * 3600, "gpu": 40, "estimated": True}),
 )
 REFERENCE = ("a published student report of this assignment (TDT4265-style), whose models were trained on the "
              "original CIFAR-10 (torchvision's cifar-10-batches-py)")
@@ -66,6 +67,6 @@ def duration_text(seconds: float) -> str:
 def how_long(entry: RunEntry) -> str:
     """The measured time of a run's default command, on a CPU and on a GPU."""
     cpu, gpu = entry.seconds.get("cpu"), entry.seconds.get("gpu")
-    return (f"about {duration_text(cpu)} on a 2-core CPU" if cpu else "not measured on a CPU") + ", " + \
-        (f"about {duration_text(gpu)} on an NVIDIA H100" if gpu else "not measured on a GPU (under a minute expected)") + \
-        (" (estimated from shorter runs)" if entry.seconds.get("estimated") else "")
+    on_cpu = f"about {duration_text(cpu)} on a 2-core CPU" if cpu else "not measured on a CPU"
+    on_gpu = f"about {duration_text(gpu)} on an NVIDIA H100" if gpu else "not measured on a GPU (expect under a minute)"
+    return f"{on_cpu}, {on_gpu}" + (" (estimated from shorter runs)" if entry.seconds.get("estimated") else "")

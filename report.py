@@ -578,7 +578,7 @@ def task3(doc, found, loaded, drawn, runs_dir, plot_dir, folders, problems) -> N
         for split in SPLITS:
             rows.append([f"{split} loss", fmt(one[split]["loss"]), fmt(two[split]["loss"]), "", ""])
             rows.append([f"{split} accuracy", fmt(one[split]["accuracy"]), fmt(two[split]["accuracy"]),
-                         published_text(BY_NAME["task3_model1"], split), published_text(BY_NAME["task3_model2"], split)])
+                         *(published_text(BY_NAME[n], split) for n in ("task3_model1", "task3_model2"))])
         doc.table(["", "Model 1 (ours)", "Model 2 (ours)", "Model 1 (reference)", "Model 2 (reference)"], rows)
         gap = 100 * (one["test"]["accuracy"] - two["test"]["accuracy"])
         doc.paragraph(f"Model 1 {'beats' if gap > 0 else 'trails'} Model 2 by {abs(gap):.1f} points of test accuracy "

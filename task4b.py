@@ -30,8 +30,9 @@ def first_layer(model, image):
 
 def make_figure(weights, activations, indices, title=""):
     plt = figures.pyplot()
-    figure, axes = plt.subplots(2, len(indices), figsize=(figures.WIDTH, figures.WIDTH / len(indices) * 2 + 0.8), squeeze=False,
-                              layout="constrained")
+    width = figures.WIDTH  # a report's text width; the images scale to it
+    figure, axes = plt.subplots(2, len(indices), figsize=(width, width / len(indices) * 2 + 0.8), squeeze=False,
+                                layout="constrained")
     for column, index in enumerate(indices):
         top, bottom = axes[0, column], axes[1, column]
         top.imshow(resnet.to_displayable(weights[index]), interpolation="nearest")

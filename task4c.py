@@ -34,8 +34,9 @@ def make_figure(activations, count, title=""):
     plt = figures.pyplot()
     columns = min(5, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(figures.WIDTH, (figures.WIDTH / columns + 0.25) * rows + 0.5), squeeze=False,
-                              layout="constrained")
+    width = figures.WIDTH  # a report's text width; the maps scale to it
+    figure, axes = plt.subplots(rows, columns, figsize=(width, (width / columns + 0.25) * rows + 0.5), squeeze=False,
+                                layout="constrained")
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
         axis.set_yticks([])

@@ -408,7 +408,8 @@ class Trainer:
         """Move per-step losses and batch accuracies kept on the device into the history (one sync for
         many steps)."""
         if pending:
-            values, accuracies = torch.stack([torch.stack([loss.float(), accuracy.float()]) for loss, accuracy in pending]).T.tolist()
+            both = torch.stack([value.float() for pair in zip(*pending) for value in pair]).tolist()
+            values, accuracies = both[:len(pending)], both[len(pending):]
             steps = list(range(self.step - len(values), self.step))
             self.history["train_loss"]["steps"] += steps
             self.history["train_loss"]["values"] += values
