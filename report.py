@@ -38,7 +38,7 @@ import figures  # noqa: E402
 import resnet  # noqa: E402
 import runs  # noqa: E402
 from registry import BY_NAME, REFERENCE, RUNS, duration_text, how_long, published_text  # noqa: E402
-from task3_compare import task3_outputs  # noqa: E402
+from task3_compare import caveats_of, task3_outputs  # noqa: E402
 from trainer import TrainingInterrupted  # noqa: E402
 from utils import UserError, check_writable, write_text  # noqa: E402
 
@@ -310,7 +310,8 @@ def run_section(doc: Document, entry, item: dict, drawn: dict, runs_dir: Path, c
     if notes:
         doc.paragraph(f"**Not the real result**: {'; '.join(notes)}.")
     doc.table(*split_table(entry, metrics))
-    doc.paragraph(f"{run_facts(metrics)}. Data: {data_text(run['config'])}; {machine(run['config'])}.")
+    facts = run_facts(metrics)
+    doc.paragraph(f"{facts[:1].upper()}{facts[1:]}. Data: {data_text(run['config'])}; {machine(run['config'])}.")
     if entry.name in drawn.get("confusion", {}):
         doc.figure(drawn["confusion"][entry.name], runs.marked(f"{entry.title}: test-set confusion matrix", notes))
         pairs = figures.most_confused(metrics["test"]["confusion"], list(metrics["test"]["per_class_accuracy"]))
@@ -583,7 +584,8 @@ def task3(doc, found, loaded, drawn, runs_dir, plot_dir, folders, problems) -> N
         gap = 100 * (one["test"]["accuracy"] - two["test"]["accuracy"])
         doc.paragraph(f"Model 1 {'beats' if gap > 0 else 'trails'} Model 2 by {abs(gap):.1f} points of test accuracy "
                       "(reference: Model 1 ahead by 4.7 points).")
-        doc.figure(comparison, "Task 3b: Model 1 and Model 2, loss and accuracy")
+        doc.figure(comparison, runs.marked("Task 3b: Model 1 and Model 2, loss and accuracy",
+                                           caveats_of({n: loaded[n] for n in ("task3_model1", "task3_model2")})))
     else:
         doc.paragraph("Needs both models (above).")
     doc.heading(3, "Task 3c: deepening the network")
@@ -592,7 +594,8 @@ def task3(doc, found, loaded, drawn, runs_dir, plot_dir, folders, problems) -> N
         doc.paragraph(f"Doubling the conv layers (one conv per stage -> Model 1's two) took test accuracy from "
                       f"{before:.3f} to {after:.3f}: **{100 * (after - before):+.1f} points** (reference: roughly "
                       "+4 points).")
-        doc.figure(deepening, "Task 3c: training, validation and test loss before and after deepening")
+        doc.figure(deepening, runs.marked("Task 3c: training, validation and test loss before and after deepening",
+                                          caveats_of({n: loaded[n] for n in ("task3c_before", "task3_model1")})))
     else:
         item = found["task3c_before"]
         if item["state"] != "ok":
