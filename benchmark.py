@@ -150,7 +150,7 @@ def project(model_class, images, labels, device, precision, cuda_graphs, warmup,
 
     def step(x, y):
         # As Trainer.train: losses stay on the device and are read back every log_every steps.
-        pending.append(trainer.train_step(x, y))
+        pending.append(trainer.train_step(x, y)[0])
         if len(pending) == config.log_every:
             torch.stack(pending).tolist()
             pending.clear()

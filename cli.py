@@ -189,6 +189,9 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     # --resume and --evaluate-only take the others from the run.
     given = parser.parse_args(argv, namespace=argparse.Namespace(**{key: _NOT_GIVEN for key in vars(args)}))
     args.flags_given = sorted(key for key, value in vars(given).items() if value is not _NOT_GIVEN)
+    runs.SCRIPT_DEFAULTS.clear()
+    runs.SCRIPT_DEFAULTS.update({action.dest: parser.get_default(action.dest) for action in parser._actions
+                                 if action.dest != "help"})
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     if args.evaluate_only and (args.resume or args.overwrite):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from utils import batch_accuracy
+
 # Eager steps before each capture: cuDNN times its kernels (benchmark mode), the optimizer creates its
 # state, and the caching allocator settles. Capturing any of that would fail or bake it in.
 WARMUP_STEPS = 3
@@ -39,7 +41,7 @@ class GraphedStep:
         self.graph = None
         self.key = None
         self.steps_with_key = 0
-        self.images = self.labels = self.loss = None
+        self.images = self.labels = self.loss = self.accuracy = None
         self.stream = None
 
     def _key(self, images, labels):
@@ -58,15 +60,16 @@ class GraphedStep:
         self.images.copy_(images)
         self.labels.copy_(labels)
         self.graph.replay()
-        return self.loss.clone()
+        return self.loss.clone(), self.accuracy.clone()
 
     def _forward_backward_update(self, images, labels, cache_enabled: bool):
         trainer = self.trainer
         with trainer.autocast(cache_enabled=cache_enabled):
-            loss = trainer.loss_fn(trainer.network(trainer.prepare(images)), labels)
+            logits = trainer.network(trainer.prepare(images))
+            loss = trainer.loss_fn(logits, labels)
         loss.backward()
         trainer.optimizer.step()
-        return loss.detach()
+        return loss.detach(), batch_accuracy(logits, labels)
 
     def _eager(self, images, labels):
         # On a side stream, as CUDA graphs want their warm-up (PyTorch's whole-network capture recipe).
@@ -79,10 +82,11 @@ class GraphedStep:
             images.record_stream(self.stream)
             labels.record_stream(self.stream)
             self.trainer.optimizer.zero_grad(set_to_none=True)
-            loss = self._forward_backward_update(images, labels, cache_enabled=True)
+            loss, accuracy = self._forward_backward_update(images, labels, cache_enabled=True)
         main.wait_stream(self.stream)
         loss.record_stream(main)
-        return loss
+        accuracy.record_stream(main)
+        return loss, accuracy
 
     def _capture(self, images, labels):
         self.images = self.trainer.prepare(images).clone()
@@ -92,4 +96,4 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             # Autocast's cache of cast weights must not outlive the capture.
-            self.loss = self._forward_backward_update(self.images, self.labels, cache_enabled=False)
+            self.loss, self.accuracy = self._forward_backward_update(self.images, self.labels, cache_enabled=False)

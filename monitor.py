@@ -77,7 +77,7 @@ class MetricsCSV(Callback):
 
 
 class LiveFigure(Callback):
-    """plots/<name>.png redrawn after validations, so that it can be opened while the run trains.
+    """The run's figure (runs.figure_path) redrawn after validations, so that it can be opened while the run trains.
 
     Drawing takes about half a second, which would dominate a GPU run that validates several times a
     second, so after the first it is redrawn at most every `min_seconds`. The run redraws it at its end.
@@ -91,7 +91,8 @@ class LiveFigure(Callback):
         if not trainer.is_main or (self.drawn_at is not None and time.perf_counter() - self.drawn_at < self.min_seconds):
             return
         figures.training_curves({self.title: trainer.history}, self.path, show_test=self.show_test,
-                                title=f"{self.title} (in progress: step {trainer.step} of {trainer.total_steps})")
+                                title=f"{self.title} (in progress: step {trainer.step} of {trainer.total_steps})",
+                                marks={self.title: {"best": trainer.best["step"]}})
         self.drawn_at = time.perf_counter()
 
 

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import math
 import numbers
 import os
 import shutil
@@ -80,17 +81,24 @@ def lock(run_dir: Path):
 
 
 def is_being_trained(run_dir: Path) -> bool:
-    """True while another process holds the run directory's lock."""
-    if not (Path(run_dir) / ".lock").exists():
-        return False
+    """True while another process holds the run directory's lock. Probed read-only (a shared lock on the
+    file opened for reading), so that runs on a read-only mount or of another user can be read; a lock
+    that cannot be probed counts as not held."""
     try:
-        handle = lock(run_dir)
-    except UserError:
-        return True
-    if handle:
-        handle.close()
+        import fcntl
+        with open(Path(run_dir) / ".lock") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+    except (ImportError, OSError):  # no lock file, no fcntl (Windows), no permission: cannot tell
+        return False
     return False
 
+
+# The running script's flag defaults (cli.parse records them); config.json keeps them beside the settings,
+# so that a run can say how it differs from the recipe (fewer epochs, another image size).
+SCRIPT_DEFAULTS: dict = {}
 
 # Flags that change how a run is carried out, not what it computes: they may differ on --resume and
 # are not compared with the checkpoint.
@@ -282,21 +290,45 @@ def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _in_range(value, low: float = 0.0, high: float = math.inf) -> bool:
+    return _is_number(value) and math.isfinite(value) and low <= value <= high
+
+
+def _check_number(value, path: Path, what: str, high: float = math.inf) -> None:
+    _require(_is_number(value), path, f"{what} is {value!r}, not a number")
+    _require(_in_range(value, 0.0, high), path, f"{what} is {value!r}, out of its range (0 to {high:g})")
+
+
+def _check_classes(result: dict, split: str, path: Path) -> None:
+    """Per-class accuracies and the confusion matrix of one split: one per CIFAR-10 class, consistent."""
+    classes = len(dataloaders.CLASSES)
+    per_class, confusion = result.get("per_class_accuracy"), result.get("confusion")
+    if per_class is None and confusion is None:
+        return
+    _require(isinstance(per_class, dict) and len(per_class) == classes and all(
+        value is None or _in_range(value, 0.0, 1.0) for value in per_class.values()), path,
+        f"{split} per_class_accuracy is not {classes} class names with accuracies between 0 and 1")
+    _require(isinstance(confusion, list) and len(confusion) == classes and all(
+        isinstance(row, list) and len(row) == classes and
+        all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in row) for row in confusion), path,
+        f"the {split} confusion matrix is not a {classes}x{classes} table of counts")
+
+
 def check_metrics(metrics, path: Path) -> None:
+    """Every field report.py reads, with its type and range (a NaN or a negative accuracy is damage)."""
     _require(isinstance(metrics, dict), path, "it holds no object")
     for split in ("train", "validation", "test"):
         result = metrics.get(split)
         _require(isinstance(result, dict), path, f"it lacks train/validation/test loss and accuracy ('{split}' "
                                                  "is missing or not an object)")
-        for measure in ("loss", "accuracy"):
-            _require(_is_number(result.get(measure)), path, f"{split} {measure} is {result.get(measure)!r}, "
-                                                            "not a number")
+        _check_number(result.get("loss"), path, f"{split} loss")
+        _check_number(result.get("accuracy"), path, f"{split} accuracy", high=1.0)
+        if split != "train":
+            _check_classes(result, split, path)
     for key in ("epochs", "wall_seconds", "best_step", "steps"):
-        _require(metrics.get(key) is None or _is_number(metrics[key]), path, f"{key} is not a number")
-    confusion = metrics["test"].get("confusion")
-    _require(confusion is None or (isinstance(confusion, list) and all(
-        isinstance(row, list) and len(row) == len(confusion) and all(isinstance(c, int) for c in row)
-        for row in confusion)), path, "the test confusion matrix is not a square table of counts")
+        if metrics.get(key) is not None:
+            _check_number(metrics[key], path, key)
+    _require(metrics.get("early_stopped") in (None, True, False), path, "early_stopped is not true or false")
 
 
 def check_history(history, path: Path) -> None:
@@ -309,6 +341,10 @@ def check_history(history, path: Path) -> None:
     _require(isinstance(validations, list) and all(
         isinstance(p, dict) and all(_is_number(p.get(k)) for k in ("step", "loss", "accuracy"))
         for p in validations), path, "validation points without numeric step, loss and accuracy")
+    _require(all(_in_range(p["step"]) and _in_range(p["loss"]) and _in_range(p["accuracy"], 0.0, 1.0) and
+                 (p.get("train_accuracy") is None or _in_range(p["train_accuracy"], 0.0, 1.0))
+                 and (p.get("test_loss") is None or _in_range(p["test_loss"])) for p in validations), path,
+             "a validation point's step, loss or accuracy is out of its range (negative, above 1, NaN or infinite)")
     _require(all(_is_number(v) for v in train["values"]), path, "training losses that are not numbers")
     if not train["steps"] or not validations:
         raise UserError(f"{path} holds no training steps or no validation; rerun the script that writes it")
@@ -336,9 +372,36 @@ def read_run(run_dir: Path, finished: bool = True) -> dict:
     return run
 
 
-def is_smoke_run(config: dict) -> bool:
-    settings = config.get("settings", {})
-    return bool(settings.get("subset") or settings.get("max_steps"))
+CIFAR10_SPLIT = (50_000, 10_000)  # training (with validation) and test images
+STATES = {"in progress": "still training", "unfinished": "stopped before its end (interrupted)"}
+
+
+def caveats(config: dict, state: str = "ok") -> list[str]:
+    """Why a run is not the real thing (smoke run, random weights, other data...), in words; [] when it is.
+    Compares the settings with the script's defaults that config.json records ("defaults")."""
+    settings, defaults, data = config.get("settings", {}), config.get("defaults", {}), config.get("data", {})
+    smoke = [f"--{flag.replace('_', '-')} {settings[flag]}" for flag in ("subset", "max_steps") if settings.get(flag)]
+    notes = [f"smoke run: {', '.join(smoke)}"] if smoke else []
+    epochs, recipe = settings.get("epochs"), defaults.get("epochs")
+    if _is_number(epochs) and _is_number(recipe) and epochs < recipe:
+        notes.append(f"{epochs} of the recipe's {recipe} epochs")
+    if settings.get("weights") == "none":
+        notes.append("random weights (--weights none)")
+    for flag, what in (("image_size", "image size"), ("validation_fraction", "validation fraction")):
+        if flag in settings and flag in defaults and settings[flag] != defaults[flag]:
+            notes.append(f"{what} {settings[flag]} (recipe: {defaults[flag]})")
+    sizes = [data.get(f"{split}_images") for split in ("train", "validation", "test")]
+    if not settings.get("subset") and all(isinstance(n, int) for n in sizes) and \
+            (sizes[0] + sizes[1], sizes[2]) != CIFAR10_SPLIT:
+        notes.append(f"not CIFAR-10's usual split ({sizes[0]:,} / {sizes[1]:,} / {sizes[2]:,} images)")
+    if state in STATES:
+        notes.append(STATES[state])
+    return notes
+
+
+def marked(title: str, notes: list[str]) -> str:
+    """A title that says what is not the real thing about the run."""
+    return f"{title} ({'; '.join(notes)})" if notes else title
 
 
 # ---------------------------------------------------------------- one run
@@ -472,7 +535,8 @@ class Run:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"
         own = [RunFiles(self), monitor.MetricsCSV(self.dir / "metrics.csv"),
-               monitor.LiveFigure(self.figure_path, self.title, show_test=self.config.track_test)]
+               monitor.LiveFigure(self.figure_path, marked(self.title, caveats(self.config_record())),
+                                  show_test=self.config.track_test)]
         if args.tensorboard:
             own.append(monitor.TensorBoard(self.dir / TENSORBOARD_DIR, self.title, self.config.track_test))
         trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
@@ -495,21 +559,25 @@ class Run:
             print(f"{self.title}: {self.data['train_images']} train / {self.data['validation_images']} validation / "
                   f"{self.data['test_images']} test images from {self.data['source']}; {self.device} "
                   f"({self.resolved['device_name']}), {self.config.precision}"
-                  f"{', CUDA graphs' if self.config.cuda_graphs else ''}, {self.world_size} process(es)",
-                  file=sys.stderr)
+                  f"{', CUDA graphs' if self.config.cuda_graphs else ''}, {self.world_size} process(es); "
+                  f"figure: {self.figure_path}", file=sys.stderr)
         return trainer
 
     @property
     def figure_path(self) -> Path:
-        return Path(self.args.plot_dir) / f"{self.args.name}.png"
+        return figure_path(self.dir, self.args.name, self.args.plot_dir)
 
-    def write_config(self) -> None:
+    def config_record(self) -> dict:
+        """What config.json holds."""
         resolved = {**self.resolved, "cuda_graphs": self.config.cuda_graphs,
                     **({"cuda_graphs_note": self.graph_note} if self.graph_note else {})}
-        write_json({"name": self.args.name, "title": self.title,
-                    "settings": {key: json_value(value) for key, value in sorted(vars(self.args).items())},
-                    "resolved": resolved, "data": self.data, "model": self.model_info,
-                    "versions": hardware.versions()}, self.dir / "config.json")
+        settings = {key: json_value(value) for key, value in sorted(vars(self.args).items())}
+        return {"name": self.args.name, "title": self.title, "settings": settings,
+                "defaults": {key: json_value(value) for key, value in SCRIPT_DEFAULTS.items() if key in settings},
+                "resolved": resolved, "data": self.data, "model": self.model_info, "versions": hardware.versions()}
+
+    def write_config(self) -> None:
+        write_json(self.config_record(), self.dir / "config.json")
 
     # ---------------------------------------------------------------- the end
 
@@ -560,10 +628,23 @@ class Run:
                   f"{describe_data(self.data)}: {which[metrics['on_training_data']]}\n"
                   f"{format_final_table(metrics)}\nwritten: {path}")
             return
-        figure = figures.training_curves({self.title: trainer.history}, self.figure_path, title=self.title,
-                                         show_test=self.config.track_test)
-        print(f"\n{self.title} (best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
-        print(f"figure: {figure}\nrun directory: {self.dir}")
+        notes = caveats(self.config_record())
+        stopped = {"stopped": metrics["steps"]} if metrics.get("early_stopped") else {}
+        figure = figures.training_curves(
+            {self.title: trainer.history}, self.figure_path, show_test=self.config.track_test,
+            title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
+            marks={self.title: {"best": metrics["best_step"], **stopped}})
+        print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "
+              f"(best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
+        print(f"figure: {figure} (and .pdf)\nrun directory: {self.dir}")
+
+
+def figure_path(run_dir: Path, name: str, plot_dir: Path = PLOT_DIR) -> Path:
+    """plots/<name>.png for the task's own run folder (runs/<name>), or wherever --plot-dir points;
+    any other run (a smoke run, one of --seeds) draws <run-dir>/curves.png, never replacing the real figure."""
+    if Path(run_dir).resolve() == (RUNS_DIR / name).resolve() or Path(plot_dir).resolve() != PLOT_DIR.resolve():
+        return Path(plot_dir) / f"{name}.png"
+    return Path(run_dir) / "curves.png"
 
 
 def fingerprint(loaders) -> str:

@@ -44,6 +44,19 @@ def table_markdown(models: dict) -> str:
                       f"Our data: {'; '.join(sources)}."])
 
 
+def best_marks(models: dict, labels: dict | None = None) -> dict:
+    """Each run's best checkpoint (and early stop), by its label in the figure."""
+    return {(labels or {}).get(n, BY_NAME[n].label): {
+        "best": run["metrics"].get("best_step"),
+        **({"stopped": run["metrics"].get("steps")} if run["metrics"].get("early_stopped") is True else {})}
+        for n, run in models.items()}
+
+
+def caveats_of(models: dict) -> list[str]:
+    """What is not the real thing about any of the runs compared."""
+    return sorted({f"{BY_NAME[n].label}: {note}" for n, run in models.items() for note in runs.caveats(run["config"])})
+
+
 def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) -> list[str]:
     """Draw what the saved runs allow; return one line per output written or run missing.
     `loaded`: finished runs the caller has read already (report.py), by name; not changed."""
@@ -52,7 +65,8 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
     messages += missing
     if len(models) == 2:
         figure = figures.training_curves({BY_NAME[n].label: run["history"] for n, run in models.items()},
-                                         Path(plot_dir) / "task3_comparison.png", title="Task 3b: Model 1 vs Model 2")
+                                         Path(plot_dir) / "task3_comparison.png", marks=best_marks(models),
+                                         title=runs.marked("Task 3b: Model 1 vs Model 2", caveats_of(models)))
         table = table_markdown(models)
         table_path = Path(plot_dir) / "task3_table.md"
         write_text("# Task 3b\n\n" + table + "\n", table_path)
@@ -61,12 +75,12 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
     messages += [m for m in missing if m not in messages]
     if len(deepening) == 2:
         before, after = (deepening[n]["metrics"]["test"]["accuracy"] for n in ("task3c_before", "task3_model1"))
+        labels = {"task3c_before": "before deepening", "task3_model1": "after (Model 1)"}
         figure = figures.training_curves(
-            {"before deepening": deepening["task3c_before"]["history"],
-             "after (Model 1)": deepening["task3_model1"]["history"]},
-            Path(plot_dir) / "task3c_deepening.png", show_test=True,
-            title=f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
-                  f"({100 * (after - before):+.1f} points)")
+            {labels[n]: deepening[n]["history"] for n in labels}, Path(plot_dir) / "task3c_deepening.png",
+            show_test=True, marks=best_marks(deepening, labels),
+            title=runs.marked(f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
+                              f"({100 * (after - before):+.1f} points)", caveats_of(deepening)))
         messages.append(f"wrote {figure}")
     return messages
 

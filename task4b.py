@@ -31,8 +31,9 @@ def first_layer(model, image):
 
 def make_figure(weights, activations, indices, title=""):
     plt = figures.pyplot()
-    figure, axes = plt.subplots(2, len(indices), figsize=(2.4 * len(indices), 5.2), squeeze=False,
-                              layout="constrained")
+    width = figures.WIDTH  # a report's text width; the images scale to it
+    figure, axes = plt.subplots(2, len(indices), figsize=(width, width / len(indices) * 2 + 0.8), squeeze=False,
+                                layout="constrained")
     for column, index in enumerate(indices):
         top, bottom = axes[0, column], axes[1, column]
         top.imshow(resnet.to_displayable(weights[index]), interpolation="nearest")
@@ -42,7 +43,7 @@ def make_figure(weights, activations, indices, title=""):
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])
-    figure.suptitle(title)
+    figure.suptitle(figures.wrapped(title))
     return figure
 
 

@@ -35,8 +35,9 @@ def make_figure(activations, count, title=""):
     plt = figures.pyplot()
     columns = min(5, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.6 * rows), squeeze=False,
-                              layout="constrained")
+    width = figures.WIDTH  # a report's text width; the maps scale to it
+    figure, axes = plt.subplots(rows, columns, figsize=(width, (width / columns + 0.25) * rows + 0.5), squeeze=False,
+                                layout="constrained")
     for index, axis in enumerate(axes.flat):
         axis.set_xticks([])
         axis.set_yticks([])
@@ -45,7 +46,7 @@ def make_figure(activations, count, title=""):
             continue
         axis.imshow(resnet.to_displayable(activations[index]), cmap="gray", interpolation="nearest")
         axis.set_title(f"activation {index}")
-    figure.suptitle(title)
+    figure.suptitle(figures.wrapped(title))
     return figure
 
 

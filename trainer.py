@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 import graphs
 from hardware import AUTOCAST_DTYPES, is_peer_failure
-from utils import UsageError, UserError, load_checkpoint, read_json, save_checkpoint, write_json
+from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -273,7 +273,8 @@ class Trainer:
                              if k not in RESUMABLE_CHANGES}}
         self.step = 0                 # optimisation steps taken
         self.epoch, self.batch_in_epoch = 0, 0
-        self.history = {"train_loss": {"steps": [], "values": []}, "learning_rate": {"steps": [], "values": []},
+        self.history = {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
+                        "learning_rate": {"steps": [], "values": []},
                         "validation": []}
         self.best = {"loss": math.inf, "step": None}
         self.early_stopped = False
@@ -480,12 +481,18 @@ class Trainer:
     # ---------------------------------------------------------------- training
 
     def _record_losses(self, pending, rates) -> None:
-        """Move per-step losses kept on the device into the history (one sync for many steps)."""
+        """Move per-step losses and batch accuracies kept on the device into the history (one sync for
+        many steps)."""
         if pending:
-            values = torch.stack(pending).float().tolist()
+            both = torch.stack([value.float() for pair in zip(*pending) for value in pair]).tolist()
+            values, accuracies = both[:len(pending)], both[len(pending):]
             steps = list(range(self.step - len(values), self.step))
             self.history["train_loss"]["steps"] += steps
             self.history["train_loss"]["values"] += values
+            # A run resumed from a checkpoint of an older version has no training accuracy before it.
+            accuracy = self.history.setdefault("train_accuracy", {"steps": [], "values": []})
+            accuracy["steps"] += steps
+            accuracy["values"] += accuracies
             self.history["learning_rate"]["steps"] += steps
             self.history["learning_rate"]["values"] += rates
             pending.clear()
@@ -517,6 +524,11 @@ class Trainer:
         self.throughput = interval_images / interval_seconds if interval_seconds > 0 else None
         point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                  "loss": result["loss"], "accuracy": result["accuracy"]}
+        since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
+        trained = self.history.get("train_accuracy", {"steps": [], "values": []})
+        interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
+        if interval:  # the running accuracy of the batches trained since the previous validation
+            point["train_accuracy"] = sum_in_order(interval) / len(interval)
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
         # From here until last.pt holds this validation, a second Ctrl-C saves nothing more: the files on
@@ -547,17 +559,19 @@ class Trainer:
         losses = [p["loss"] for p in self.history["validation"]]
         return should_early_stop(losses, self.config.early_stop_count)
 
-    def train_step(self, images, labels) -> torch.Tensor:
-        """One optimisation step on a batch; returns the loss, left on the device."""
+    def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimisation step on a batch; returns the loss and the batch's accuracy (from the logits the
+        step computed anyway: no extra pass), left on the device."""
         if self.step_runner is not None:
             return self.step_runner(images, labels)
         with self.autocast():
-            loss = self.loss_fn(self.network(self.prepare(images)), labels)
+            logits = self.network(self.prepare(images))
+            loss = self.loss_fn(logits, labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach()
+        return loss.detach(), batch_accuracy(logits, labels)
 
     def fit(self) -> dict:
         """Train (unless the run only evaluates), then evaluate the best weights on every split."""
@@ -626,8 +640,8 @@ class Trainer:
             while not stop and self.epoch < self.config.epochs:
                 for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
                     rate = self._set_learning_rate()
-                    loss = self.train_step(images, labels)
-                    pending.append(loss)
+                    loss, accuracy = self.train_step(images, labels)
+                    pending.append((loss, accuracy))
                     rates.append(rate)
                     done_batch = self.batch_in_epoch
                     self.step += 1

@@ -44,6 +44,14 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ---------------------------------------------------------------- training
+
+def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Share of a training batch whose highest logit is the label, from the step's own logits (no extra
+    pass), left on the device (no sync)."""
+    return (logits.detach().argmax(1) == labels).float().mean()
+
+
 # ---------------------------------------------------------------- atomic files
 
 @functools.lru_cache(maxsize=1)

@@ -67,9 +67,9 @@ def test_two_processes_under_torchrun_write_one_set_of_outputs(script, model, ti
     assert result.returncode == 0, result.stderr[-3000:]
 
     # Only rank 0 writes and prints.
-    assert result.stdout.count(f"{title} (best checkpoint") == 1
+    assert result.stdout.count("(best checkpoint, step") == 1 and f"\n{title} (smoke run" in result.stdout
     assert result.stderr.count("2 process(es)") == 1
-    assert sorted(p.name for p in plot_dir.iterdir()) == [script.replace(".py", ".png")]
+    assert sorted(p.name for p in plot_dir.iterdir()) == [script.replace(".py", ".pdf"), script.replace(".py", ".png")]
     assert {"config.json", "history.json", "metrics.json", "best.pt", "last.pt"} <= {p.name for p in run_dir.iterdir()}
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resolved"]["world_size"] == 2
