@@ -42,7 +42,10 @@ ROOT = Path(__file__).resolve().parent
 RUNS_DIR = ROOT / "runs"
 PLOT_DIR = ROOT / "plots"
 # last.pt first: it is what tells a replacement that had begun moving the old files (see settle).
-OUTPUTS = ("last.pt", "config.json", "history.json", "metrics.json", "metrics.csv", "best.pt", "evaluation.json")
+# A run outside runs/<script> draws its figure beside itself (figure_path): a run's file like the others.
+CURVES = ("curves.png", "curves.pdf")
+OUTPUTS = ("last.pt", "config.json", "history.json", "metrics.json", "metrics.csv", "best.pt", "evaluation.json",
+           *CURVES)
 TENSORBOARD_DIR = "tensorboard"
 PREVIOUS = ".previous-run"          # a replaced run's files, until the new run's first checkpoint is on disk
 MOVING = ".previous-run.partial"    # the same while they are being moved there
@@ -644,7 +647,7 @@ def figure_path(run_dir: Path, name: str, plot_dir: Path = PLOT_DIR) -> Path:
     any other run (a smoke run, one of --seeds) draws <run-dir>/curves.png, never replacing the real figure."""
     if Path(run_dir).resolve() == (RUNS_DIR / name).resolve() or Path(plot_dir).resolve() != PLOT_DIR.resolve():
         return Path(plot_dir) / f"{name}.png"
-    return Path(run_dir) / "curves.png"
+    return Path(run_dir) / CURVES[0]
 
 
 def fingerprint(loaders) -> str:

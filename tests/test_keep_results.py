@@ -415,3 +415,15 @@ def test_resume_with_a_truncated_best_checkpoint_is_refused(folder_data, finishe
     code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--resume"), capsys)
     assert code == 1 and one_line_error(stderr) and str(run_dir / "best.pt") in stderr and "corrupt" in stderr
     assert tree(run_dir) == before
+
+
+def test_overwrite_sets_aside_the_figure_drawn_beside_the_run(tmp_path):
+    """A smoke run's curves.png/.pdf are its own: replaced with the run, never left beside a new run's
+    checkpoints as a stale figure, and put back with the rest when the new run never saves."""
+    for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt"):
+        (tmp_path / name).write_text(name)
+    runs.set_aside(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [runs.PREVIOUS, "notes.txt"]
+    runs.settle(tmp_path)  # no new last.pt: the previous run comes back whole
+    assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == {
+        name: name for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt")}
