@@ -252,7 +252,9 @@ def recorded_settings(args) -> argparse.Namespace:
     """--resume / --evaluate-only: the settings the run in its --run-dir was made with (config.json) where
     the command line gives none. A flag it gives that differs is refused by name, unless it may change:
     how the run is carried out (runs.RUN_ONLY), its length (trainer.RESUMABLE_CHANGES), and for
-    --evaluate-only the data evaluated (--data-dir, --subset)."""
+    --evaluate-only the data evaluated (--data-dir, --subset). How the run is carried out is this command's:
+    only the data folder is taken from the record (where it still exists: the data is compared by fingerprint),
+    never the figure folder, device or switches of a checkout that may have moved."""
     run_dir = runs.run_dir_of(args)
     path = run_dir / "config.json"
     if getattr(args, "flags_given", None) is None or not path.is_file():
@@ -262,22 +264,39 @@ def recorded_settings(args) -> argparse.Namespace:
         runs.check_config(config, path)
     except UserError:  # the checkpoints' signature still refuses other settings
         return args
-    if config.get("name") != args.name:  # another script's run: refused by the checkpoint's signature
-        return args
+    recorded = config.get("settings", {})
+    if config.get("name") != args.name and set(recorded) - THIS_COMMAND != set(vars(args)) - THIS_COMMAND:
+        return args  # another script's run: refused by the checkpoint's signature, naming what differs
     may_change = runs.RUN_ONLY | RESUMABLE_CHANGES | ({"subset"} if args.evaluate_only else set())
     args = copy.copy(args)
-    for key, value in config.get("settings", {}).items():
+    args.name = config.get("name") or args.name  # a script's variant (task3_model1 --convs-per-stage 1)
+    for key, value in recorded.items():
         if key in THIS_COMMAND or not hasattr(args, key):
             continue
         current = getattr(args, key)
         if key not in args.flags_given:
-            setattr(args, key, Path(value) if isinstance(current, Path) and value is not None else value)
+            if key in runs.RUN_ONLY and not (key == "data_dir" and isinstance(value, str) and Path(value).is_dir()):
+                continue
+            _check_recorded(key, value, current, path)
+            setattr(args, key, Path(value) if key == "data_dir" else value)
         elif key not in may_change and runs.json_value(current) != value:
             flag = f"--{key.replace('_', '-')}"
             raise UsageError(f"{run_dir} was made with {flag}={value}, not {flag}={runs.json_value(current)}; drop "
                              f"{flag} to {'evaluate' if args.evaluate_only else 'continue'} it as it was made, or "
                              "start a new run with another --run-dir (or --overwrite)")
     return args
+
+
+def _check_recorded(key: str, value, current, path: Path) -> None:
+    """A recorded setting has the type of the flag it stands for (config.json may have been edited)."""
+    if current is None:  # an optional flag (None by default): any recorded value of its kind parsed once
+        return
+    kind = type(current)
+    # An integer-valued float reads back as an int, a tuple as a list.
+    number = {float: (int, float), tuple: list}.get(kind, kind)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, number):
+        raise UserError(f"{path} is damaged: settings.{key} is {value!r}, not a {kind.__name__}; give "
+                        f"--{key.replace('_', '-')} on the command line, or rerun with --overwrite")
 
 
 # ---------------------------------------------------------------- several seeds
@@ -290,10 +309,12 @@ def for_each_seed(args, train):
         one = copy.copy(args)
         if value is not None:
             one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
-        planned.append(recorded_settings(one) if args.resume or args.evaluate_only else one)
+        planned.append(one)
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 looks (the others would see its lock)
-        for one in planned:
+        for one in planned:  # also puts back a run an interrupted --overwrite had set aside: read it after
             runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
+    if args.resume or args.evaluate_only:
+        planned = [recorded_settings(one) for one in planned]
     if not args.seeds:
         return train(planned[0])
     results = {}

@@ -23,6 +23,7 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import base64  # noqa: E402
+import contextlib  # noqa: E402
 import html  # noqa: E402
 import importlib  # noqa: E402
 import os  # noqa: E402
@@ -64,6 +65,12 @@ def load(entry, runs_dir: Path):
     try:
         if (folder / "metrics.json").exists():
             return "ok", runs.read_run(folder), ""
+        aside = folder / runs.PREVIOUS
+        if (aside / "metrics.json").exists() and not (folder / "last.pt").exists():
+            # An --overwrite stopped before its first checkpoint: the finished run is whole, set aside.
+            return "ok", runs.read_run(aside), (f"{folder}: read from {runs.PREVIOUS}/, where an --overwrite that "
+                                                "stopped before its first checkpoint left it; the next start "
+                                                "of its script puts it back")
         if runs.is_being_trained(folder):
             state, message = "in progress", f"{folder} is being trained right now (drawn as far as it got)"
         elif (folder / "last.pt").exists():
@@ -668,7 +675,16 @@ def training_plan(runs_dir: Path, data_dir: str | None) -> list[tuple]:
 
 def train_one(argv: list[str]) -> int:
     """Run one task script as its own process (as from the shell); its exit code."""
-    return subprocess.run([sys.executable, str(runs.ROOT / argv[0]), *argv[1:]], cwd=runs.ROOT).returncode
+    process = subprocess.Popen([sys.executable, str(runs.ROOT / argv[0]), *argv[1:]], cwd=runs.ROOT)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # Ctrl-C reached the script too (one process group): it finishes its step and saves last.pt,
+        # which can take long (a Task 4a step on a CPU). Killing it now would lose that; a second
+        # Ctrl-C reaches it as well and stops it at once.
+        with contextlib.suppress(KeyboardInterrupt):
+            process.wait()
+        raise
 
 
 def train_missing(runs_dir: Path, data_dir: str | None) -> None:

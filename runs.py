@@ -235,11 +235,11 @@ def _sync(folder: Path) -> None:
 
 def set_aside(run_dir: Path) -> None:
     """Move a previous run's files (only those a run writes) into run_dir/.previous-run; settle() later
-    removes them once the new run's first last.pt is on disk, or puts them back if it never gets there."""
+    removes them once the new run's first last.pt is on disk, or puts them back if it never gets there.
+    With nothing to move the folder is made all the same: it tells settle() that the files a run writes
+    before its first last.pt (config.json, history.json, best.pt) go again if that never comes."""
     run_dir = Path(run_dir)
     names = _replaceable(run_dir)
-    if not names:
-        return
     moving = run_dir / MOVING
     moving.mkdir(exist_ok=True)
     for name in names:  # last.pt first: status() and settle() tell a half-done move by it
@@ -265,14 +265,17 @@ def settle(run_dir: Path, report: bool = False) -> None:
             _remove(run_dir / name)
     else:
         return
-    for name in _replaceable(kept):
+    restored = _replaceable(kept)
+    for name in restored:
         _remove(run_dir / name)
         os.replace(kept / name, run_dir / name)
     kept.rmdir()
     _sync(run_dir)
     if report:
-        print(f"restored the previous run in {run_dir}: the run that was replacing it stopped before its first "
-              "checkpoint", file=sys.stderr)
+        done = "restored the previous run" if restored else "removed the files of a run that stopped before its " \
+            "first checkpoint"
+        print(f"{done} in {run_dir}" + (": the run that was replacing it stopped before its first checkpoint"
+                                        if restored else ""), file=sys.stderr)
 
 
 def _remove(path: Path) -> None:
@@ -355,7 +358,7 @@ def check_history(history, path: Path) -> None:
 
 def check_config(config, path: Path) -> None:
     _require(isinstance(config, dict), path, "it holds no object")
-    for section in ("settings", "resolved", "data", "versions"):
+    for section in ("settings", "defaults", "resolved", "data", "model", "versions"):
         _require(isinstance(config.get(section, {}), dict), path, f"'{section}' is not an object")
     for key in ("title", "name"):
         _require(config.get(key) is None or isinstance(config[key], str), path, f"{key} is not text")
@@ -472,12 +475,14 @@ class Run:
             count = dataloaders.training_image_count(args.data_dir)  # refuse an empty split before claiming
             if count:
                 dataloaders.split_sizes(count, args.validation_fraction)
-            run.made = missing_folders(run.dir) + ([] if args.evaluate_only else missing_folders(args.plot_dir))
+            figures_in = None if args.evaluate_only else run.figure_path.parent  # the plot folder, or the run's
+            made = missing_folders(run.dir) + (missing_folders(figures_in) if figures_in else [])
+            run.made = list(dict.fromkeys(made))  # the figure may go into the run's own folder
             run.held_before = set(os.listdir(run.dir)) if run.dir.is_dir() else set()
             run.lock, run.previous = claim(run.dir, args.resume, args.overwrite, args.evaluate_only)
             _held.append(run)
-            if not args.evaluate_only:
-                check_writable(args.plot_dir)
+            if figures_in:
+                check_writable(figures_in)
         set_seed(args.seed)
         if args.deterministic:
             hardware.make_deterministic()
@@ -553,8 +558,7 @@ class Run:
             try:
                 trainer.resume()
             except BaseException:  # refused: a caller that catches it (a notebook, a test) must not keep the lock
-                if self.lock:
-                    self.lock.close()
+                self.release()
                 raise
             if self.is_main:
                 self.write_config()  # the run continues with this command's settings (e.g. more epochs)
@@ -562,8 +566,8 @@ class Run:
             print(f"{self.title}: {self.data['train_images']} train / {self.data['validation_images']} validation / "
                   f"{self.data['test_images']} test images from {self.data['source']}; {self.device} "
                   f"({self.resolved['device_name']}), {self.config.precision}"
-                  f"{', CUDA graphs' if self.config.cuda_graphs else ''}, {self.world_size} process(es); "
-                  f"figure: {self.figure_path}", file=sys.stderr)
+                  f"{', CUDA graphs' if self.config.cuda_graphs else ''}, {self.world_size} process(es)"
+                  f"{'' if args.evaluate_only else f'; figure: {self.figure_path}'}", file=sys.stderr)
         return trainer
 
     @property

@@ -427,3 +427,62 @@ def test_overwrite_sets_aside_the_figure_drawn_beside_the_run(tmp_path):
     runs.settle(tmp_path)  # no new last.pt: the previous run comes back whole
     assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == {
         name: name for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt")}
+
+
+def test_resume_draws_where_this_command_says_not_where_the_record_does(folder_data, finished, tmp_path, capsys):
+    """A run made with --plot-dir A, resumed without it (say, in a copy of the project elsewhere), must not
+    draw into A: where outputs go is the command's, not the record's (only the data folder is taken)."""
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    figure = (plot_dir / "task2.png").read_bytes()
+    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+                       capsys)
+    assert code == 0, stderr
+    assert (plot_dir / "task2.png").read_bytes() == figure and (run_dir / "curves.png").is_file()
+
+
+def test_resume_reads_the_settings_of_the_run_an_interrupted_overwrite_set_aside(folder_data, finished, tmp_path,
+                                                                                 capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    runs.set_aside(run_dir)  # an --overwrite --lr 0.01 killed after writing its config.json, before last.pt
+    config = utils.read_json(run_dir / runs.PREVIOUS / "config.json")
+    config["settings"]["lr"] = 0.01
+    utils.write_json(config, run_dir / "config.json")
+    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+                       capsys)
+    assert code == 0, stderr
+    assert "restored the previous run" in stderr and read_run(run_dir)["config"]["settings"]["lr"] == 0.05
+
+
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_found_it(folder_data, tmp_path,
+                                                                                       capsys):
+    run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--lr", "1e30"), capsys)
+    assert code == 1 and "diverged" in stderr and not run_dir.exists()
+    run_dir.mkdir()
+    (run_dir / "notes.txt").write_text("mine")
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--lr", "1e30", "--overwrite"),
+                           capsys)
+    assert code == 1 and tree(run_dir) == {"notes.txt": b"mine"}
+    code, stderr = run(task2.main, task2_args(folder_data, tmp_path / "run", plot_dir), capsys)  # the advised rerun
+    assert code == 2 and "not empty (notes.txt)" in stderr  # the user's file, not a leftover of ours
+
+
+def test_a_variant_of_a_script_is_evaluated_with_only_its_run_dir(folder_data, tmp_path, capsys):
+    """task3_model1 --convs-per-stage 1 is the run task3c_before: its record says so."""
+    import task3_model1
+    run_dir = tmp_path / "c1"
+    code, stderr = run(task3_model1.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--epochs", "1",
+                                                     "--convs-per-stage", "1"), capsys)
+    assert code == 0, stderr
+    code, stderr = run(task3_model1.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
+    assert code == 0, stderr
+    assert utils.read_json(run_dir / "evaluation.json")["on_training_data"] is True and "figure:" not in stderr
+
+
+def test_a_mistyped_recorded_setting_is_one_line(folder_data, finished, tmp_path, capsys):
+    run_dir, plot_dir = copy_of(finished, tmp_path)
+    config = utils.read_json(run_dir / "config.json")
+    config["settings"]["batch_size"] = "16"
+    utils.write_json(config, run_dir / "config.json")
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5"], capsys)
+    assert code == 1 and one_line_error(stderr) and "settings.batch_size" in stderr

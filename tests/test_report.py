@@ -426,3 +426,29 @@ def test_a_task4b_figure_of_random_weights_is_marked_in_the_report(runs, tmp_pat
     section = text[text.index("### Task 4b"):text.index("### Task 4c")]
     assert "**Not the real thing**: drawn with random weights" in section
     assert "![First-layer filters and activations on photo.jpg (random weights)](task4b.png)" in section
+
+
+def test_a_config_whose_defaults_or_model_is_not_an_object_is_named(runs, tmp_path):
+    for name, section in (("task2", "defaults"), ("task3_model2", "model")):
+        config = json.loads((runs / name / "config.json").read_text())
+        config[section] = None
+        write_json(config, runs / name / "config.json")
+    plots = tmp_path / "plots"
+    with pytest.raises(UserError, match="could not be read"):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    assert "runs/task2/config.json is damaged: 'defaults' is not an object" in text
+    assert "runs/task3_model2/config.json is damaged: 'model' is not an object" in text
+    assert "0.723 / 0.810" in text  # Model 1, undamaged, is reported
+
+
+def test_a_run_set_aside_by_an_interrupted_overwrite_is_reported(runs, tmp_path):
+    """--overwrite killed before its first checkpoint: the finished run waits in .previous-run/ until the
+    next start of its script puts it back; the report reads it there, not "missing"."""
+    import runs as run_folders
+    run_folders.set_aside(runs / "task2")
+    write_json({"name": "task2", "settings": {"lr": 0.01}}, runs / "task2" / "config.json")  # the new run's
+    plots = tmp_path / "plots"
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    assert "0.612 / 0.739" in text and "task2 is missing" not in text
