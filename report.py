@@ -434,7 +434,9 @@ def seed_groups(folders: dict) -> list[list[str]]:
 
 def differences(run: dict) -> str:
     """The settings in which a run differs from its script's defaults (as config.json recorded them)."""
-    settings, defaults = run["config"].get("settings", {}), run["config"].get("defaults", {})
+    settings, defaults = run["config"].get("settings", {}), run["config"].get("defaults")
+    if defaults is None:  # config.json written before runs recorded their script's defaults
+        return "settings as in its config.json (defaults not recorded)"
     changed = [f"--{k.replace('_', '-')} {settings[k]}" for k in sorted(settings)
                if k in defaults and k not in NOT_THE_EXPERIMENT and k not in ("subset", "max_steps")
                and settings[k] != defaults[k]]

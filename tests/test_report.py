@@ -452,3 +452,11 @@ def test_a_run_set_aside_by_an_interrupted_overwrite_is_reported(runs, tmp_path)
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
     assert "0.612 / 0.739" in text and "task2 is missing" not in text
+
+
+def test_a_run_that_did_not_record_its_defaults_is_not_called_the_defaults():
+    settings = {"lr": 0.01, "optimizer": "adam", "seed": 0}
+    assert report.differences({"config": {"settings": settings}}) == \
+        "settings as in its config.json (defaults not recorded)"
+    assert report.differences({"config": {"settings": settings, "defaults": {"lr": 0.05, "optimizer": "adam"}}}) \
+        == "--lr 0.01"
