@@ -13,8 +13,8 @@ import graphs
 import hardware
 import task2
 import task3d
-from conftest import needs_cuda, run_script
-from test_robustness import one_line_error, outcome
+from helpers import needs_cuda, run_script
+from helpers import one_line_error, outcome
 from trainer import TrainConfig, Trainer
 
 
@@ -63,6 +63,7 @@ class Float64Watch(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_make_no_float64_tensor(folder_data, tmp_path):
     """Exact sums without float64 on the device: int64 counts, and the loss summed on the host."""
     loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)

@@ -23,8 +23,8 @@ import task2
 import task4b
 import task4c
 import utils
-from conftest import ROOT
-from test_robustness import one_line_error, outcome, task2_args
+from helpers import ROOT
+from helpers import one_line_error, outcome, task2_args, tiny_trainer
 from utils import UserError
 
 
@@ -274,6 +274,7 @@ def test_sigterm_while_torch_loads_is_one_line_and_143(tmp_path):
 
 # ---------------------------------------------------------------- torchrun
 
+@pytest.mark.slow
 def test_a_torchrun_process_killed_mid_run_leaves_the_survivor_one_line(folder_data, tmp_path):
     if not os.path.isdir("/proc/self"):
         pytest.skip("finds the processes' ranks in /proc")
@@ -311,7 +312,6 @@ def test_a_torchrun_process_killed_mid_run_leaves_the_survivor_one_line(folder_d
 def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved, folder_data, tmp_path, monkeypatch):
     """The same message without torchrun: which last.pt is this run's (a previous run's is not, under
     --overwrite, until this one saves)."""
-    from test_robustness import tiny_trainer
 
     trainer = tiny_trainer(folder_data, tmp_path)
     trainer.protect_previous = not saved

@@ -8,8 +8,7 @@ import cli
 import task2
 import task3_model1
 import task3d
-from test_keep_results import run
-from test_robustness import task2_args
+from helpers import outcome, task2_args
 
 
 def parser_of(module, monkeypatch):
@@ -81,17 +80,19 @@ def test_help_from_the_command_line(capsys):
     assert out.index("task 3d recipe") < out.index("hyperparameters")
 
 
+@pytest.mark.slow
 def test_a_smoke_run_that_cannot_reach_max_steps_says_so_at_the_start(folder_data, tmp_path, capsys):
     # --subset 160: 160 training images, batch 16: 10 steps per epoch, so one epoch ends the run at step 10.
     args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--epochs", "1", "--max-steps", "500")
-    code, err = run(task2.main, list(map(str, args)), capsys)
+    code, err = outcome(task2.main, list(map(str, args)), capsys)
     assert code == 0
     notes = [line for line in err.splitlines() if "--max-steps 500" in line]
     assert len(notes) == 1 and "--epochs 1" in notes[0] and "10 steps" in notes[0], err
     assert err.index(notes[0]) < err.index("Task 2: ")  # before the line that starts the training
 
 
+@pytest.mark.slow
 def test_a_reachable_max_steps_says_nothing(folder_data, tmp_path, capsys):
     args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "3")
-    code, err = run(task2.main, list(map(str, args)), capsys)
+    code, err = outcome(task2.main, list(map(str, args)), capsys)
     assert code == 0 and "--max-steps" not in err
