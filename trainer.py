@@ -1,11 +1,7 @@
 """One training loop for every task: validation, early stopping, best checkpoint, exact resume.
 
-A run directory holds everything a run produces:
-    config.json   every setting, once            history.json  losses, accuracies, learning rates
-    metrics.json  final train/val/test numbers   metrics.csv   one row per validation (a live log)
-    last.pt       resumable state (model, optimizer, RNG, position)
-    best.pt       weights with the lowest validation loss so far
-Checkpoints are written atomically, so a crash or Ctrl-C never leaves a half-written file.
+A run directory holds everything a run produces (FILES names them). Checkpoints are written atomically, so a
+crash or Ctrl-C never leaves a half-written file.
 
 A task changes the loop through its arguments, never by editing it: `optimizer`, `lr_schedule`
 (a factor per step), `loss_fn`, `predict` (the evaluation function, e.g. test-time augmentation)
@@ -21,8 +17,9 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -35,39 +32,62 @@ from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_j
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
+# The files of a run folder, named here once (runs.py's folder rules, report.py and the tests use these names).
+FILES = SimpleNamespace(
+    CONFIG="config.json",           # every setting, once
+    HISTORY="history.json",         # losses, accuracies, learning rates
+    METRICS="metrics.json",         # final train/validation/test numbers
+    METRICS_CSV="metrics.csv",      # one row per validation (a live log)
+    LAST="last.pt",                 # resumable state (model, optimizer, RNG, position)
+    BEST="best.pt",                 # weights with the lowest validation loss so far
+    EVALUATION="evaluation.json",   # --evaluate-only's numbers of best.pt
+)
+
+
+# Each setting's role, declared once with the setting (`role=` of TrainConfig's fields here and of cli's flags);
+# what --resume compares, what the checkpoints record and what the report calls the experiment follow from it.
+EXPERIMENT = "experiment"  # what the run computes: recorded in the checkpoints, --resume must keep it
+LENGTH = "length"          # how long it trains: part of the experiment, but --resume may change it
+HOW = "how"                # how and where the run is carried out: not the experiment, --resume may change it
+COMMAND = "command"        # what this command does (--resume, --run-dir ...): never taken from the run
+ROLES: dict[str, str] = {}  # every setting whose role is not EXPERIMENT
+
+
+def role(setting: str) -> str:
+    return ROLES.get(setting, EXPERIMENT)
+
 
 def option(default, help: str = "", check: str | None = None, choices=None, group: str = "hyperparameters",
-           flag: bool = True):
+           flag: bool = True, role: str = EXPERIMENT):
     """A TrainConfig field; `cli.training_parser` turns each one with flag=True into --a-flag."""
     return field(default=default, metadata={"help": help, "check": check, "choices": choices, "group": group,
-                                            "flag": flag})
+                                            "flag": flag, "role": role})
 
 
 @dataclass
 class TrainConfig:
     """Every setting of the training loop, with its one default (tasks override in their parser)."""
-    epochs: int = option(10, "at most this many passes over the training set", "positive")
+    epochs: int = option(10, "at most this many passes over the training set", "positive", role=LENGTH)
     batch_size: int = option(64, "training images per step", "positive")
     lr: float = option(0.05, "learning rate", "positive")
     optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.0, "momentum (sgd, rmsprop)", "non_negative")
     weight_decay: float = option(0.0, "L2 regularisation", "non_negative")
     early_stop_count: int = option(4, "stop after this many validations without a lower validation loss",
-                                   "positive")
+                                   "positive", role=LENGTH)
     validations_per_epoch: int = option(2, "validations per epoch, the last at the epoch's end", "positive")
     track_test: bool = option(False, "also evaluate the test loss at every validation (for figures)")
     max_steps: int | None = option(None, "stop after N optimisation steps (the final evaluation still runs)",
-                                   "positive", group="smoke runs")
+                                   "positive", group="smoke runs", role=LENGTH)
     # Chosen by the run for the device (hardware.py), not flags of their own:
     precision: str = option("fp32", flag=False)          # fp32, bf16 or fp16 (autocast)
-    channels_last: bool = option(False, flag=False)
-    cuda_graphs: bool = option(False, flag=False)        # replay each training step as one CUDA graph
-    log_every: int = option(20, flag=False)              # steps between progress-bar updates (a GPU sync each)
+    # (channels_last is a memory layout: a run may move between a CPU and a GPU in the same precision.)
+    channels_last: bool = option(False, flag=False, role=HOW)
+    cuda_graphs: bool = option(False, flag=False, role=HOW)  # replay each training step as one CUDA graph
+    log_every: int = option(20, flag=False, role=HOW)        # steps between progress-bar updates (a GPU sync each)
 
 
-# Settings that may change when a run is resumed; everything else must match.
-# (channels_last is a memory layout: a run may move between a CPU and a GPU in the same precision.)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs", "channels_last"}
+ROLES.update({f.name: f.metadata["role"] for f in fields(TrainConfig) if f.metadata["role"] != EXPERIMENT})
 
 
 # What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
@@ -269,8 +289,7 @@ class Trainer:
 
         self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
-                          **{k: v for k, v in {**asdict(config), **self.settings}.items()
-                             if k not in RESUMABLE_CHANGES}}
+                          **{k: v for k, v in {**asdict(config), **self.settings}.items() if role(k) == EXPERIMENT}}
         self.step = 0                 # optimisation steps taken
         self.epoch, self.batch_in_epoch = 0, 0
         self.history = {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
@@ -391,10 +410,10 @@ class Trainer:
         if self.step != self.saved_step:
             self._outdate_results()
         if self.is_main:
-            save_checkpoint(self._state(), self.run_dir / "last.pt")
+            save_checkpoint(self._state(), self.run_dir / FILES.LAST)
         self.saved_step = self.step
         if self.is_main:
-            write_json(self.history, self.run_dir / "history.json")
+            write_json(self.history, self.run_dir / FILES.HISTORY)
         if first and not self.resumed:
             for callback in self.callbacks:
                 callback.after_first_save(self)
@@ -404,13 +423,13 @@ class Trainer:
         metrics.json goes before they change (with best.pt, also evaluation.json, --evaluate-only's
         numbers of the best.pt being replaced), so no final numbers are left that they no longer back."""
         if self.resumed and self.is_main:
-            for name in ("metrics.json", "evaluation.json") if best else ("metrics.json",):
+            for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
                 (self.run_dir / name).unlink(missing_ok=True)
 
     def _kept(self) -> str:
         """What is on disk after an interrupted save."""
         if self.saved_step is not None:
-            return (f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}; continue with the same command "
+            return (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command "
                     "plus --resume")
         if self.protect_previous:
             return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
@@ -426,7 +445,7 @@ class Trainer:
                             "use the same settings, another --run-dir, or --overwrite to start over")
 
     def resume(self) -> None:
-        path = self.run_dir / "last.pt"
+        path = self.run_dir / FILES.LAST
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
@@ -438,7 +457,7 @@ class Trainer:
                             "over with --overwrite or another --run-dir")
         if self.data and saved_data and saved_data.get("source") != self.data.get("source"):
             self.log(f"the same data as before, now from {self.data['source']}")
-        best = self.run_dir / "best.pt"
+        best = self.run_dir / FILES.BEST
         if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
             raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
                             "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
@@ -469,7 +488,7 @@ class Trainer:
     def _earlier_wall_seconds(self, saved: list) -> list:
         """The processes' wall times as last.pt has them, or, for a finished run, as metrics.json has them
         (last.pt was saved before the final evaluation, which took time too)."""
-        path = self.run_dir / "metrics.json"
+        path = self.run_dir / FILES.METRICS
         try:
             finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
         except (UserError, AttributeError):
@@ -546,7 +565,7 @@ class Trainer:
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
                                  "validation": point, "signature": self.signature, "data": self.data},
-                                self.run_dir / "best.pt")
+                                self.run_dir / FILES.BEST)
         self.save_last()
         self._saving = False
         logging = time.perf_counter()
@@ -576,7 +595,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train (unless the run only evaluates), then evaluate the best weights on every split."""
         if self.evaluate_only:
-            self.metrics = self.evaluate_checkpoint(self.run_dir / "best.pt")
+            self.metrics = self.evaluate_checkpoint(self.run_dir / FILES.BEST)
             return self.metrics
         with self._peers_watched():
             self.train()
@@ -585,7 +604,7 @@ class Trainer:
                 return self.metrics
             except KeyboardInterrupt:
                 raise TrainingInterrupted(
-                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / 'last.pt'}; "
+                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
                     "the same command plus --resume evaluates it") from None
 
     @contextlib.contextmanager
@@ -599,7 +618,7 @@ class Trainer:
                 raise
             # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            last, kept = self.run_dir / "last.pt", None
+            last, kept = self.run_dir / FILES.LAST, None
             if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
                 with contextlib.suppress(UserError, KeyError, TypeError):
                     step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
@@ -695,7 +714,7 @@ class Trainer:
                     pass
                 else:
                     raise TrainingInterrupted(
-                        f"interrupted: step {self.step} is saved in {self.run_dir / 'last.pt'}; continue with the "
+                        f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; continue with the "
                         "same command plus --resume") from None
             raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
         bar.close()
@@ -706,9 +725,9 @@ class Trainer:
         if not (self.protect_previous and not self.claimed):
             self._claim()
             if self.is_main:
-                write_json(self.history, self.run_dir / "history.json")
+                write_json(self.history, self.run_dir / FILES.HISTORY)
         if self.best["step"] is not None:
-            kept = f"the best checkpoint {self.run_dir / 'best.pt'} (step {self.best['step']}) is kept"
+            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.best['step']}) is kept"
         elif self.protect_previous and not self.claimed:
             kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
         else:
@@ -720,7 +739,7 @@ class Trainer:
 
     def final_evaluation(self) -> dict:
         """Reload the best weights and evaluate on the whole train, validation and test sets."""
-        best, started = self.run_dir / "best.pt", time.perf_counter()
+        best, started = self.run_dir / FILES.BEST, time.perf_counter()
         if self.distributed:
             dist.barrier()  # rank 0 has finished writing best.pt
         # When the best weights are the last ones (validated at this very step), they are already
@@ -742,7 +761,7 @@ class Trainer:
             seconds={"training": round(self.train_seconds, 2),
                      **{name: round(value, 2) for name, value in self.seconds.items()}})
         if self.is_main:
-            write_json(metrics, self.run_dir / "metrics.json")
+            write_json(metrics, self.run_dir / FILES.METRICS)
         return metrics
 
     def parameters_changed(self) -> None:

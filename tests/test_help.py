@@ -3,8 +3,10 @@
 import re
 
 import pytest
+import torch
 
 import cli
+import runs
 import task2
 import task3_model1
 import task3d
@@ -96,3 +98,19 @@ def test_a_reachable_max_steps_says_nothing(folder_data, tmp_path, capsys):
     args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "3")
     code, err = outcome(task2.main, list(map(str, args)), capsys)
     assert code == 0 and "--max-steps" not in err
+
+
+def test_each_setting_has_one_role_that_decides_what_a_run_is_compared_on(monkeypatch, folder_data, tmp_path):
+    import trainer
+    args = parser_of(task2, monkeypatch).parse_args([])
+    args.flags_given = []
+    settings = runs.run_settings(args)
+    assert {"seed", "name", "validation_fraction", "augment", "subset"} <= set(settings)
+    assert not {"data_dir", "device", "compile", "run_dir", "plot_dir", "resume", "seeds", "flags_given"} & set(settings)
+    assert [trainer.role(k) for k in ("epochs", "max_steps", "cuda_graphs", "run_dir", "lr")] == [
+        trainer.LENGTH, trainer.LENGTH, trainer.HOW, trainer.COMMAND, trainer.EXPERIMENT]
+    config = trainer.TrainConfig(precision="fp32")
+    signature = trainer.Trainer(torch.nn.Linear(2, 2), None, None, None, config, tmp_path, "cpu",
+                                settings=settings).signature
+    assert {"lr", "batch_size", "precision", "seed", "model"} <= set(signature)
+    assert not {"epochs", "max_steps", "early_stop_count", "cuda_graphs", "channels_last", "log_every"} & set(signature)
