@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import cuda_graphs
 import dataloaders
 import figures
-import graphs
 import hardware
 import monitor
 from trainer import (EXPERIMENT, FILES, Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
@@ -526,7 +526,7 @@ class Run:
                            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                            "repr": repr(model)}
         optimizer = optimizer or self.optimizer(model)
-        why_not = graphs.can_capture(optimizer, self.config.precision, self.world_size > 1, args.compile)
+        why_not = cuda_graphs.can_capture(optimizer, self.config.precision, self.world_size > 1, args.compile)
         if self.config.cuda_graphs and why_not:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"

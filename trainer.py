@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-import graphs
+import cuda_graphs
 from hardware import AUTOCAST_DTYPES, is_peer_failure
 from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
@@ -225,6 +225,68 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def training_step(network: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and update on one batch: the training step, eager or captured as a CUDA graph
+    (cuda_graphs.py). Returns the loss and the batch's accuracy (from the logits the step computed anyway:
+    no extra pass), left on the device."""
+    with autocast:
+        logits = network(images)
+        loss = loss_fn(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), batch_accuracy(logits, labels)
+
+
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The autocast of `precision` (none for fp32)."""
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def evaluate(model: nn.Module, loader, device, predict=None, precision: str = "fp32",
+             memory_format=torch.contiguous_format) -> dict:
+    """Loss, accuracy, per-class accuracy and the confusion matrix of `predict(images)` (the model's logits by
+    default) over every image of `loader` (all processes together). Sums are exact: int64 counts, the loss
+    summed in float64 on the host."""
+    device, predict = torch.device(device), predict or model
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
+        # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    classes = len(loader.classes)
+    model.eval()
+    losses, confusion = [], torch.zeros(classes * classes, dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for images, labels in loader.evaluation_batches():
+            with autocast(device, precision):
+                logits = predict(images.contiguous(memory_format=memory_format))
+            losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+            confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
+    model.train()
+    # One copy to the host for the whole set, never float64 on the device (MPS has none).
+    loss_sum = sum_in_order(torch.stack(losses).cpu().tolist())
+    if distributed:
+        reduce_on = device if device.type == "cuda" else torch.device("cpu")
+        total = torch.tensor([loss_sum], dtype=torch.float64, device=reduce_on)
+        confusion = confusion.to(reduce_on)
+        dist.all_reduce(total)
+        dist.all_reduce(confusion)
+        loss_sum = total.item()
+    matrix = confusion.view(classes, classes).cpu()
+    count, correct = int(matrix.sum()), int(matrix.diagonal().sum())
+    per_class = {name: (int(matrix[i, i]) / int(matrix[i].sum()) if int(matrix[i].sum()) else None)
+                 for i, name in enumerate(loader.classes)}
+    return {"loss": loss_sum / count, "accuracy": correct / count, "per_class_accuracy": per_class,
+            "confusion": matrix.tolist()}
+
+
 def model_signature(model: nn.Module) -> str:
     """Identifies an architecture by its parameter and buffer names and shapes."""
     shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
@@ -281,11 +343,10 @@ class Trainer:
         if config.max_steps and config.max_steps > self.total_steps and not evaluate_only:
             self.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
                      f"the run after {self.total_steps} steps ({self.steps_per_epoch} per epoch)")
-        self.autocast_dtype = AUTOCAST_DTYPES[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = self._validation_points()
-        self.step_runner = (graphs.GraphedStep(self) if config.cuda_graphs and self.device.type == "cuda"
-                            else None)
+        self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
+                            if config.cuda_graphs and self.device.type == "cuda" else None)
 
         self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
@@ -322,9 +383,7 @@ class Trainer:
         return {round(self.steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
 
     def autocast(self, cache_enabled: bool = True):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache_enabled)
+        return autocast(self.device, self.config.precision, cache_enabled)
 
     def prepare(self, images):
         """A batch in the memory layout the model runs fastest in."""
@@ -345,38 +404,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, loader) -> dict:
-        """Loss, accuracy, per-class accuracy and the confusion matrix over every image of `loader`
-        (all processes together). Sums are exact: int64 counts, the loss summed in float64 on the host."""
-        if self.distributed:
-            # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
-            # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, src=0)
-        classes = len(loader.classes)
-        self.model.eval()
-        losses, confusion = [], torch.zeros(classes * classes, dtype=torch.int64, device=self.device)
-        with torch.inference_mode():
-            for images, labels in loader.evaluation_batches():
-                with self.autocast():
-                    logits = self.predict(self.prepare(images))
-                losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
-                confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
-        self.model.train()
-        # One copy to the host for the whole set, never float64 on the device (MPS has none).
-        loss_sum = sum_in_order(torch.stack(losses).cpu().tolist())
-        if self.distributed:
-            reduce_on = self.device if self.device.type == "cuda" else torch.device("cpu")
-            total = torch.tensor([loss_sum], dtype=torch.float64, device=reduce_on)
-            confusion = confusion.to(reduce_on)
-            dist.all_reduce(total)
-            dist.all_reduce(confusion)
-            loss_sum = total.item()
-        matrix = confusion.view(classes, classes).cpu()
-        count, correct = int(matrix.sum()), int(matrix.diagonal().sum())
-        per_class = {name: (int(matrix[i, i]) / int(matrix[i].sum()) if int(matrix[i].sum()) else None)
-                     for i, name in enumerate(loader.classes)}
-        return {"loss": loss_sum / count, "accuracy": correct / count, "per_class_accuracy": per_class,
-                "confusion": matrix.tolist()}
+        return evaluate(self.model, loader, self.device, self.predict, self.config.precision, self.memory_format)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -579,18 +607,14 @@ class Trainer:
         return should_early_stop(losses, self.config.early_stop_count)
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch; returns the loss and the batch's accuracy (from the logits the
-        step computed anyway: no extra pass), left on the device."""
+        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
         if self.step_runner is not None:
             return self.step_runner(images, labels)
-        with self.autocast():
-            logits = self.network(self.prepare(images))
-            loss = self.loss_fn(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach(), batch_accuracy(logits, labels)
+        return self._step(images, labels)
+
+    def _step(self, images, labels, cache_enabled: bool = True):
+        return training_step(self.network, self.loss_fn, self.optimizer, self.scaler, self.prepare(images), labels,
+                             self.autocast(cache_enabled))
 
     def fit(self) -> dict:
         """Train (unless the run only evaluates), then evaluate the best weights on every split."""
