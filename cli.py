@@ -305,7 +305,7 @@ def for_each_seed(args, train):
     results = {}
     for one in planned:
         results[one.seed] = train(one)
-    if runs.is_main_process():
+    if hardware.is_main_process():
         print(seed_summary(results))
     return results
 

@@ -60,10 +60,6 @@ def seed_run_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir).with_name(f"{Path(run_dir).name}-seed{seed}")
 
 
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def lock(run_dir: Path):
     """An exclusive lock released by the OS when the process dies, even by SIGKILL."""
     try:
@@ -645,7 +641,7 @@ def figure_path(run_dir: Path, name: str, plot_dir: Path = PLOT_DIR) -> Path:
 
 def fingerprint(loaders) -> str:
     """Of every split's labels and images, in order: the same data gives the same fingerprint wherever it
-    is read from; another copy, size, subset or split does not (~0.2 s for all of CIFAR-10)."""
+    is read from; another copy, size, subset or split does not."""
     digest = hashlib.blake2b(digest_size=16)
     for loader in loaders:
         for tensor in (loader.labels, loader.images):

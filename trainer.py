@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 import cuda_graphs
-from hardware import AUTOCAST_DTYPES, is_peer_failure
+from hardware import DTYPES, is_main_process, is_peer_failure
 from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
@@ -242,10 +242,9 @@ def training_step(network: nn.Module, loss_fn, optimizer: torch.optim.Optimizer,
 
 def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
     """The autocast of `precision` (none for fp32)."""
-    dtype = AUTOCAST_DTYPES[precision]
-    if dtype is None:
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache_enabled)
 
 
 def evaluate(model: nn.Module, loader, device, predict=None, precision: str = "fp32",
@@ -301,6 +300,33 @@ def sum_in_order(values) -> float:
     return total
 
 
+class Stopwatch:
+    """The training time and images between the loop's other phases: since the last lap (the progress bar's
+    images/s) and since the last validation (metrics.csv's)."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.lap_start = self.validation_start = time.perf_counter()
+        self.lap_images = self.images = 0
+
+    def count(self, images: int) -> None:
+        self.lap_images += images
+        self.images += images
+
+    def lap(self) -> tuple[float, float]:
+        """Seconds since the last lap and the images per second over them; a new lap starts."""
+        now = time.perf_counter()
+        seconds, images = now - self.lap_start, self.lap_images
+        self.lap_start, self.lap_images = now, 0
+        return seconds, images / seconds if seconds > 0 else 0.0
+
+    def since_validation(self) -> tuple[int, float]:
+        """Images trained and seconds since the last validation (or the start)."""
+        return self.images, time.perf_counter() - self.validation_start
+
+
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
                  run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
@@ -319,7 +345,7 @@ class Trainer:
         self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.distributed = dist.is_available() and dist.is_initialized()
-        self.is_main = not self.distributed or dist.get_rank() == 0
+        self.is_main = is_main_process()
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.started = time.perf_counter() if started is None else started
 
@@ -671,8 +697,7 @@ class Trainer:
         self.model.train()
         # Checking for NaN costs a GPU sync, so there it happens with the progress bar only.
         check_every = 1 if self.device.type == "cpu" else self.config.log_every
-        pending, rates, seen, last_time = [], [], 0, time.perf_counter()
-        interval_images, interval_start = 0, last_time
+        pending, rates, clock = [], [], Stopwatch()  # losses and rates not yet in the history; training time
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
         stop = self.step >= self.total_steps or self.early_stopped
@@ -682,40 +707,32 @@ class Trainer:
                     callback.on_train_start(self)
             while not stop and self.epoch < self.config.epochs:
                 for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
+                    # step: the schedule's rate, forward, backward, update; the position moves on
                     rate = self._set_learning_rate()
                     loss, accuracy = self.train_step(images, labels)
                     pending.append((loss, accuracy))
                     rates.append(rate)
-                    done_batch = self.batch_in_epoch
-                    self.step += 1
-                    self.images_trained += len(labels) * self.world_size
-                    interval_images += len(labels) * self.world_size
-                    for callback in self.callbacks:
-                        callback.after_step(self)
-                    self.batch_in_epoch += 1
-                    if self.batch_in_epoch == self.steps_per_epoch:
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    seen += len(labels)
+                    validation_due = self._advance(len(labels) * self.world_size)
+                    clock.count(len(labels) * self.world_size)
                     bar.update()
+                    # check: a loss that is no longer finite ends the run, the last good checkpoints kept
                     if self.step % check_every == 0 and not torch.isfinite(loss):
                         self._diverged(pending, rates, loss)
+                    # progress
                     if self.step % self.config.log_every == 0:
-                        now = time.perf_counter()
-                        self.train_seconds += now - last_time
-                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}",
-                                        val_acc=self._last_accuracy(),
-                                        img_s=f"{seen * self.world_size / (now - last_time):.0f}")
-                        seen, last_time = 0, now
-                    if done_batch in self.validate_at or self.step >= self.total_steps:
-                        now = time.perf_counter()
-                        self.train_seconds += now - last_time
-                        if self._validate(pending, rates, interval_images, now - interval_start):
+                        seconds, images_per_s = clock.lap()
+                        self.train_seconds += seconds
+                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}", val_acc=self._last_accuracy(),
+                                        img_s=f"{images_per_s:.0f}")
+                    # validation: best weights and last.pt saved, perhaps early stopping
+                    if validation_due:
+                        self.train_seconds += clock.lap()[0]
+                        if self._validate(pending, rates, *clock.since_validation()):
                             self.early_stopped = True
                             self.log(f"early stopping: validation loss has not improved for "
                                      f"{self.config.early_stop_count} validations")
                             stop = True
-                        seen, last_time = 0, time.perf_counter()
-                        interval_images, interval_start = 0, last_time
+                        clock.restart()
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
@@ -725,7 +742,7 @@ class Trainer:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self.train_seconds += time.perf_counter() - last_time
+            self.train_seconds += clock.lap()[0]
             if self.protect_previous and not self.claimed:
                 raise TrainingInterrupted(
                     f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
@@ -742,6 +759,18 @@ class Trainer:
                         "same command plus --resume") from None
             raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
         bar.close()
+
+    def _advance(self, images: int) -> bool:
+        """Count a step taken (after_step callbacks see it counted); True when a validation is due."""
+        done_batch = self.batch_in_epoch
+        self.step += 1
+        self.images_trained += images
+        for callback in self.callbacks:
+            callback.after_step(self)
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return done_batch in self.validate_at or self.step >= self.total_steps
 
     def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.

@@ -256,9 +256,13 @@ def test_task4b_and_4c_check_the_plot_dir_before_the_model_runs(module, work, ph
 
 # ---------------------------------------------------------------- signals while PyTorch loads
 
-def test_sigterm_while_torch_loads_is_one_line_and_143(tmp_path):
-    """A stand-in for PyTorch that takes long to import: SIGTERM meanwhile says so, and exits as a shell
-    reports a death by SIGTERM."""
+@pytest.mark.parametrize("sig, code, says", [
+    (signal.SIGINT, 130, "interrupted while starting up: nothing was done"),
+    (signal.SIGTERM, 143, "terminated while starting up: nothing was done"),  # as a shell reports SIGTERM's death
+])
+def test_a_signal_while_torch_loads_is_one_line(sig, code, says, tmp_path):
+    """A stand-in for PyTorch that takes long to import: Ctrl-C or SIGTERM meanwhile says so in one line, no
+    traceback."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("import time\nprint('importing torch', flush=True)\n"
                                                     "time.sleep(120)\n")
@@ -266,10 +270,10 @@ def test_sigterm_while_torch_loads_is_one_line_and_143(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert process.stdout.readline().strip() == "importing torch"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143
-    assert stderr.strip() == "terminated while starting up: nothing was done"
+    assert process.returncode == code
+    assert stderr.strip() == says
 
 
 # ---------------------------------------------------------------- torchrun

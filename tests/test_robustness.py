@@ -14,7 +14,6 @@ import time
 import pytest
 import torch
 
-import cli
 import runs
 import task2
 import task3_model1

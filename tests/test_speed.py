@@ -1,14 +1,12 @@
 """Precision and memory layout: what `auto` picks, that reduced precision still learns, the benchmark."""
 import json
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-import cli
 import dataloaders
 import hardware
 import task2
