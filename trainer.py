@@ -300,6 +300,45 @@ def sum_in_order(values) -> float:
     return total
 
 
+def device_rng_state(device: torch.device):
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(state, device: torch.device) -> None:
+    if state is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    elif state is not None and device.type == "mps":
+        torch.mps.set_rng_state(state.cpu())
+
+
+def check_signature(state: dict, signature: dict, path: Path, action: str, may_differ=()) -> None:
+    """Refuse to `action` the checkpoint `state` (at `path`) when it was trained with other settings than
+    `signature`, besides those that `may_differ`."""
+    saved = state.get("signature", {})
+    changed = sorted(k for k in set(saved) | set(signature) if k not in may_differ and saved.get(k) != signature.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {signature.get(k)!r}" for k in changed[:4])
+        raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
+                        "use the same settings, another --run-dir, or --overwrite to start over")
+
+
+def earlier_wall_seconds(run_dir: Path, saved: list) -> list:
+    """The wall times of a run's earlier processes as last.pt has them, or, for a finished run, as metrics.json
+    has them (last.pt was saved before the final evaluation, which took time too)."""
+    path = Path(run_dir) / FILES.METRICS
+    try:
+        finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
+    except (UserError, AttributeError):
+        finished = None
+    if isinstance(finished, list) and len(finished) == len(saved):
+        return finished
+    return saved
+
+
 class Stopwatch:
     """The training time and images between the loop's other phases: since the last lap (the progress bar's
     images/s) and since the last validation (metrics.csv's)."""
@@ -441,14 +480,7 @@ class Trainer:
                 "callbacks": [callback.state_dict() for callback in self.callbacks],
                 "train_seconds": self.train_seconds, "images_trained": self.images_trained,
                 "wall_seconds": self.wall_seconds(), "torch_rng": torch.get_rng_state(),
-                "device_rng": self._device_rng_state(), "signature": self.signature, "data": self.data}
-
-    def _device_rng_state(self):
-        if self.device.type == "cuda":
-            return torch.cuda.get_rng_state(self.device)
-        if self.device.type == "mps":
-            return torch.mps.get_rng_state()
-        return None
+                "device_rng": device_rng_state(self.device), "signature": self.signature, "data": self.data}
 
     def _claim(self) -> None:
         """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
@@ -489,21 +521,12 @@ class Trainer:
             return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
         return "nothing was saved"
 
-    def check_signature(self, state: dict, path: Path, action: str, may_differ=()) -> None:
-        saved = state.get("signature", {})
-        changed = sorted(k for k in set(saved) | set(self.signature)
-                         if k not in may_differ and saved.get(k) != self.signature.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.signature.get(k)!r}" for k in changed[:4])
-            raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
-                            "use the same settings, another --run-dir, or --overwrite to start over")
-
     def resume(self) -> None:
         path = self.run_dir / FILES.LAST
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
-        self.check_signature(state, path, "resume")
+        check_signature(state, self.signature, path, "resume")
         saved_data = state.get("data") or {}
         if self.data and saved_data and saved_data.get("fingerprint") != self.data.get("fingerprint"):
             raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
@@ -516,7 +539,7 @@ class Trainer:
             raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
                             "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
         if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
-            self.check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), best, "resume")
+            check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), self.signature, best, "resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -528,28 +551,13 @@ class Trainer:
         self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
                                                self.config.early_stop_count)
         self.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
-        self.earlier_wall_seconds = self._earlier_wall_seconds(list(state["wall_seconds"]))
+        self.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
         torch.set_rng_state(state["torch_rng"].cpu())
-        if state["device_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["device_rng"].cpu(), self.device)
-        elif state["device_rng"] is not None and self.device.type == "mps":
-            torch.mps.set_rng_state(state["device_rng"].cpu())
+        set_device_rng_state(state["device_rng"], self.device)
         self.resumed = self.claimed = True
         self.saved_step = self.step
         self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
                  f"best validation loss {self.best['loss']:.4f})")
-
-    def _earlier_wall_seconds(self, saved: list) -> list:
-        """The processes' wall times as last.pt has them, or, for a finished run, as metrics.json has them
-        (last.pt was saved before the final evaluation, which took time too)."""
-        path = self.run_dir / FILES.METRICS
-        try:
-            finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
-        except (UserError, AttributeError):
-            finished = None
-        if isinstance(finished, list) and len(finished) == len(saved):
-            return finished
-        return saved
 
     # ---------------------------------------------------------------- training
 
@@ -831,7 +839,7 @@ class Trainer:
         """Evaluate saved weights (best.pt) on every split without training or changing the run; on the
         data it was trained on or other data (another folder or --subset: `data` and `trained_on` say)."""
         state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=self.device)
-        self.check_signature(state, path, "evaluate", may_differ={"subset"})
+        check_signature(state, self.signature, path, "evaluate", may_differ={"subset"})
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:
