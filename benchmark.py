@@ -177,7 +177,7 @@ def training_flops_per_image(model_class, device) -> float:
 def peak_matmul_flops(device, precision: str, repeats: int = 8) -> float:
     """Best of `repeats` square matmuls, large enough to keep every core (or the GPU) busy."""
     size = 8192 if device.type == "cuda" else 2048
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = hardware.DTYPES[precision]
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
     best = float("inf")

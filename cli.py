@@ -29,7 +29,7 @@ import torch.distributed as dist
 import dataloaders
 import hardware
 import runs
-from trainer import RESUMABLE_CHANGES, TrainConfig, TrainingInterrupted
+from trainer import COMMAND, EXPERIMENT, FILES, HOW, ROLES, TrainConfig, TrainingInterrupted, role
 from utils import MAX_SEED, UsageError, UserError, read_json
 
 # float32 holds magnitudes up to about 3.4e38; a larger learning rate would overflow inside torch.
@@ -98,6 +98,14 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
+def _flag(group, flag: str, role: str = EXPERIMENT, **kwargs):
+    """group.add_argument, recording the setting's role (trainer.role) where the flag is declared."""
+    action = group.add_argument(flag, **kwargs)
+    if role != EXPERIMENT:
+        ROLES[action.dest] = role
+    return action
+
+
 def _field_kind(annotation: str) -> str:
     return next(kind for kind in ("bool", "int", "float", "str") if kind in str(annotation))
 
@@ -136,48 +144,48 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
                                                metavar="N" if kind == "int" else None, help=meta["help"])
 
     data = groups["data"]
-    data.add_argument("--data-dir", help="CIFAR-10 folder: cifar-10-batches-py/, or train/ and test/ image folders "
-                                         "(default: $CIFAR10_DIR, else data/cifar10); downloaded there when missing")
+    _flag(data, "--data-dir", role=HOW, help="CIFAR-10 folder: cifar-10-batches-py/, or train/ and test/ image "
+          "folders (default: $CIFAR10_DIR, else data/cifar10); downloaded there when missing")
     data.add_argument("--seed", type=seed, default=0, help="seeds the model, the split and the augmentation")
     data.add_argument("--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION,
                       help="share of the training images held out for validation (a random draw fixed by --seed)")
     data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help=augment_help)
 
     device = groups["device"]
-    device.add_argument("--device", default="auto", help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, "
-                                                         "cuda:N or mps")
+    _flag(device, "--device", role=HOW, default="auto",
+          help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
     device.add_argument("--precision", choices=hardware.PRECISIONS, default="auto",
                         help="auto: bf16 (or fp16) autocast where the hardware runs it fast, else fp32")
-    device.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
-    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+    _flag(device, "--compile", role=HOW, action="store_true", help="compile the model with torch.compile")
+    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,  # role: TrainConfig's
                         help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: "
                              "plain eager steps, for debugging)")
-    device.add_argument("--deterministic", action="store_true",
-                        help="bit-identical repeats on a GPU too: deterministic kernels, no cuDNN autotuning "
-                             "(slower; CPU runs are repeatable without it)")
+    _flag(device, "--deterministic", role=HOW, action="store_true",
+          help="bit-identical repeats on a GPU too: deterministic kernels, no cuDNN autotuning "
+               "(slower; CPU runs are repeatable without it)")
 
     outputs = groups["outputs"]
-    outputs.add_argument("--run-dir", type=Path, default=None, help=f"the run's folder (default: runs/{name})")
-    outputs.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="folder for the figure")
-    outputs.add_argument("--resume", action="store_true",
-                         help="continue the run in --run-dir, with the settings it was made with")
-    outputs.add_argument("--overwrite", action="store_true",
-                         help="start over in a --run-dir that holds a run (finished or not); its files are "
-                              "replaced when the new run saves its first checkpoint")
-    outputs.add_argument("--tensorboard", action="store_true",
-                         help="also log to <run-dir>/tensorboard (needs: pip install tensorboard)")
+    _flag(outputs, "--run-dir", role=COMMAND, type=Path, default=None, help=f"the run's folder (default: runs/{name})")
+    _flag(outputs, "--plot-dir", role=HOW, type=Path, default=runs.PLOT_DIR, help="folder for the figure")
+    _flag(outputs, "--resume", role=COMMAND, action="store_true",
+          help="continue the run in --run-dir, with the settings it was made with")
+    _flag(outputs, "--overwrite", role=COMMAND, action="store_true",
+          help="start over in a --run-dir that holds a run (finished or not); its files are "
+               "replaced when the new run saves its first checkpoint")
+    _flag(outputs, "--tensorboard", role=HOW, action="store_true",
+          help="also log to <run-dir>/tensorboard (needs: pip install tensorboard)")
 
     smoke = groups["smoke runs"]
     smoke.add_argument("--subset", type=positive_int, default=None, metavar="N",
                        help="use only the first N images of each split")
-    smoke.add_argument("--debug", action="store_true", help="show tracebacks")
+    _flag(smoke, "--debug", role=COMMAND, action="store_true", help="show tracebacks")
 
     seeds = groups["seeds and evaluation"]
-    seeds.add_argument("--seeds", type=seed, nargs="+", default=None, metavar="K",
-                       help="one run per seed, into <run-dir>-seed<K>, then mean and spread of the results")
-    seeds.add_argument("--evaluate-only", action="store_true",
-                       help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json), "
-                            "on the data it was trained on, or on another --data-dir / --subset")
+    _flag(seeds, "--seeds", role=COMMAND, type=seed, nargs="+", default=None, metavar="K",
+          help="one run per seed, into <run-dir>-seed<K>, then mean and spread of the results")
+    _flag(seeds, "--evaluate-only", role=COMMAND, action="store_true",
+          help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json), "
+               "on the data it was trained on, or on another --data-dir / --subset")
     parser.set_defaults(**defaults)
     return parser
 
@@ -240,23 +248,21 @@ def check_output_names(parser: argparse.ArgumentParser, args) -> None:
 
 
 _NOT_GIVEN = object()
+ROLES["flags_given"] = COMMAND  # (set by parse)
 
 
 # ---------------------------------------------------------------- settings recorded in a run
-
-# What this command does, never taken from the run it acts on.
-THIS_COMMAND = {"resume", "overwrite", "evaluate_only", "run_dir", "seeds", "debug", "flags_given", "name"}
 
 
 def recorded_settings(args) -> argparse.Namespace:
     """--resume / --evaluate-only: the settings the run in its --run-dir was made with (config.json) where
     the command line gives none. A flag it gives that differs is refused by name, unless it may change:
-    how the run is carried out (runs.RUN_ONLY), its length (trainer.RESUMABLE_CHANGES), and for
-    --evaluate-only the data evaluated (--data-dir, --subset). How the run is carried out is this command's:
-    only the data folder is taken from the record (where it still exists: the data is compared by fingerprint),
-    never the figure folder, device or switches of a checkout that may have moved."""
+    what is not the experiment and its length (trainer.role), and for --evaluate-only the data evaluated
+    (--data-dir, --subset). How the run is carried out (role HOW) is this command's: only the data folder is
+    taken from the record (where it still exists: the data is compared by fingerprint), never the figure
+    folder, device or switches of a checkout that may have moved."""
     run_dir = runs.run_dir_of(args)
-    path = run_dir / "config.json"
+    path = run_dir / FILES.CONFIG
     if getattr(args, "flags_given", None) is None or not path.is_file():
         return args
     try:
@@ -265,21 +271,24 @@ def recorded_settings(args) -> argparse.Namespace:
     except UserError:  # the checkpoints' signature still refuses other settings
         return args
     recorded = config.get("settings", {})
-    if config.get("name") != args.name and set(recorded) - THIS_COMMAND != set(vars(args)) - THIS_COMMAND:
-        return args  # another script's run: refused by the checkpoint's signature, naming what differs
-    may_change = runs.RUN_ONLY | RESUMABLE_CHANGES | ({"subset"} if args.evaluate_only else set())
+    own = {key for key in set(recorded) | set(vars(args)) if role(key) != COMMAND}
+    if config.get("name") != args.name and set(recorded) & own != set(vars(args)) & own:
+        # Another script's run: refused by the checkpoint's signature, naming what differs. (A variant of
+        # this script under another name, task3_model1 --convs-per-stage 1, has the same settings: its
+        # name is taken with them.)
+        return args
     args = copy.copy(args)
-    args.name = config.get("name") or args.name  # a script's variant (task3_model1 --convs-per-stage 1)
     for key, value in recorded.items():
-        if key in THIS_COMMAND or not hasattr(args, key):
+        if role(key) == COMMAND or not hasattr(args, key):
             continue
         current = getattr(args, key)
         if key not in args.flags_given:
-            if key in runs.RUN_ONLY and not (key == "data_dir" and isinstance(value, str) and Path(value).is_dir()):
+            if role(key) == HOW and not (key == "data_dir" and isinstance(value, str) and Path(value).is_dir()):
                 continue
             _check_recorded(key, value, current, path)
             setattr(args, key, Path(value) if key == "data_dir" else value)
-        elif key not in may_change and runs.json_value(current) != value:
+        elif (role(key) == EXPERIMENT and not (key == "subset" and args.evaluate_only)
+              and runs.json_value(current) != value):
             flag = f"--{key.replace('_', '-')}"
             raise UsageError(f"{run_dir} was made with {flag}={value}, not {flag}={runs.json_value(current)}; drop "
                              f"{flag} to {'evaluate' if args.evaluate_only else 'continue'} it as it was made, or "
@@ -320,7 +329,7 @@ def for_each_seed(args, train):
     results = {}
     for one in planned:
         results[one.seed] = train(one)
-    if runs.is_main_process():
+    if hardware.is_main_process():
         print(seed_summary(results))
     return results
 
@@ -375,3 +384,6 @@ def main(entry, argv=None) -> None:
         runs.release_all()  # a run that failed before writing anything leaves no folder behind
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+
+
+training_parser("", "cli")  # records the shared flags' roles (ROLES) for code that builds no parser (report.py)

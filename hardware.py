@@ -20,7 +20,7 @@ import torch.distributed as dist
 from utils import UsageError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # of each precision
 
 
 # ---------------------------------------------------------------- devices
@@ -75,6 +75,11 @@ def select_device(name: str = "auto", local_rank: int = 0, distributed: bool = F
     if device.type == "cuda" and distributed:
         device = torch.device("cuda", local_rank)
     return device
+
+
+def is_main_process() -> bool:
+    """True in a plain run, and in rank 0 of a torchrun run (the one that writes the outputs)."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def init_distributed(device_name: str):
@@ -156,11 +161,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 def keep_freed_memory() -> bool:
     """Let glibc reuse freed activation memory instead of handing it back to the OS.
 
-    glibc serves every allocation above 32 MiB (a large batch's activations, their gradients) with
-    a fresh mmap and unmaps it on free, so each training step page-faults them all in again: about
-    80,000 page faults per Task 3d step at batch 512 on the 2-core CPU, where keeping the blocks in
-    the heap took a step from 868 to 765 ms. Returns False (and changes nothing) where the C
-    library has no mallopt (macOS, Windows).
+    glibc serves every large allocation (a large batch's activations, their gradients) with a fresh
+    mmap and unmaps it on free, so each training step page-faults them all in again (docs/speed.md
+    has the measurement). Returns False (and changes nothing) where the C library has no mallopt
+    (macOS, Windows).
     """
     name = ctypes.util.find_library("c")
     try:

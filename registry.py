@@ -29,7 +29,7 @@ RUNS = (
              "python task3_model1.py --convs-per-stage 1", figure=False, seconds={"cpu": 400}),
     RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", {"test": "a little over 0.80"},
              seconds={"cpu": 770, "gpu": 21}),
-    # CPU: about 2 hours per epoch plus 1.5 hours of final evaluation; GPU: 3 s per epoch once warm.
+    # Estimated from the per-epoch and evaluation costs in docs/task4.md.
     RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py",
              seconds={"cpu": 12 * 3600, "gpu": 40, "estimated": True}),
 )

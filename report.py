@@ -40,14 +40,18 @@ import resnet  # noqa: E402
 import runs  # noqa: E402
 from registry import BY_NAME, REFERENCE, RUNS, duration_text, how_long, published_text  # noqa: E402
 from task3_compare import caveats_of, task3_outputs  # noqa: E402
-from trainer import TrainingInterrupted  # noqa: E402
+from trainer import EXPERIMENT, FILES, LENGTH, TrainingInterrupted, role  # noqa: E402
 from utils import UserError, check_writable, write_text  # noqa: E402
 
 VISUALISATIONS = {"task4b": "Task 4b (Figure 7): first-layer filters and activations",
                   "task4c": "Task 4c: last conv stage activations"}
-# Settings that do not make two runs different experiments (besides the seed, which --seeds varies).
-NOT_THE_EXPERIMENT = runs.RUN_ONLY | {"seed", "name"}
 SPLITS = ("train", "validation", "test")
+
+
+def is_the_experiment(setting: str) -> bool:
+    """A setting that makes two runs different experiments (trainer.role), besides the seed, which --seeds
+    varies, and the script's name, which the report shows on its own."""
+    return role(setting) in (EXPERIMENT, LENGTH) and setting not in ("seed", "name")
 
 
 # ---------------------------------------------------------------- reading the runs
@@ -63,7 +67,7 @@ def load(entry, runs_dir: Path):
     """('ok' | 'in progress' | 'unfinished' | 'missing' | 'broken', run data or None, message)."""
     folder = Path(runs_dir) / entry.name
     try:
-        if (folder / "metrics.json").exists():
+        if (folder / FILES.METRICS).exists():
             return "ok", runs.read_run(folder), ""
         aside = folder / runs.PREVIOUS
         if (aside / "metrics.json").exists() and not (folder / "last.pt").exists():
@@ -73,7 +77,7 @@ def load(entry, runs_dir: Path):
                                                 "of its script puts it back")
         if runs.is_being_trained(folder):
             state, message = "in progress", f"{folder} is being trained right now (drawn as far as it got)"
-        elif (folder / "last.pt").exists():
+        elif (folder / FILES.LAST).exists():
             state = "unfinished"
             message = f"{folder} is unfinished: continue it with `{command_for(entry, runs_dir, resume=True)}`"
         else:
@@ -278,7 +282,7 @@ def hyperparameters(doc: Document, config: dict) -> None:
     """The settings the run was trained with, from its config.json (not the script's current defaults)."""
     settings = config.get("settings", {})
     rows = [[key.replace("_", "-"), value] for key, value in sorted(settings.items())
-            if key not in NOT_THE_EXPERIMENT and value is not None and key != "seeds"]
+            if is_the_experiment(key) and value is not None and key != "seeds"]
     rows.append(["seed", settings.get("seed", "?")])
     rows.append(["device, precision", machine(config)])
     data = config.get("data", {})
@@ -386,7 +390,7 @@ def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
     if not Path(runs_dir).is_dir():
         return folders, problems
     for folder in sorted(Path(runs_dir).iterdir()):
-        if not (folder / "metrics.json").exists():
+        if not (folder / FILES.METRICS).exists():
             continue
         item = found.get(folder.name)
         if item and item["state"] in ("ok", "broken"):
@@ -403,7 +407,7 @@ def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
 def experiment_key(run: dict):
     settings = run["config"].get("settings", {})
     return run["config"].get("name"), repr(sorted((k, repr(v)) for k, v in settings.items()
-                                                  if k not in NOT_THE_EXPERIMENT))
+                                                  if is_the_experiment(k)))
 
 
 def seed_groups(folders: dict) -> list[list[str]]:
@@ -438,7 +442,7 @@ def differences(run: dict) -> str:
     if defaults is None:  # config.json written before runs recorded their script's defaults
         return "settings as in its config.json (defaults not recorded)"
     changed = [f"--{k.replace('_', '-')} {settings[k]}" for k in sorted(settings)
-               if k in defaults and k not in NOT_THE_EXPERIMENT and k not in ("subset", "max_steps")
+               if k in defaults and is_the_experiment(k) and k not in ("subset", "max_steps")
                and settings[k] != defaults[k]]
     return ", ".join(changed) or "the defaults"
 

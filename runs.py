@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import cuda_graphs
 import dataloaders
 import figures
-import graphs
 import hardware
 import monitor
-from trainer import (Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer, describe_data,
-                     format_final_table)
+from trainer import (EXPERIMENT, FILES, Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
+                     describe_data, format_final_table, role)
 from utils import UsageError, UserError, check_writable, read_json, set_seed, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -44,7 +44,7 @@ PLOT_DIR = ROOT / "plots"
 # last.pt first: it is what tells a replacement that had begun moving the old files (see settle).
 # A run outside runs/<script> draws its figure beside itself (figure_path): a run's file like the others.
 CURVES = ("curves.png", "curves.pdf")
-OUTPUTS = ("last.pt", "config.json", "history.json", "metrics.json", "metrics.csv", "best.pt", "evaluation.json",
+OUTPUTS = (FILES.LAST, FILES.CONFIG, FILES.HISTORY, FILES.METRICS, FILES.METRICS_CSV, FILES.BEST, FILES.EVALUATION,
            *CURVES)
 TENSORBOARD_DIR = "tensorboard"
 PREVIOUS = ".previous-run"          # a replaced run's files, until the new run's first checkpoint is on disk
@@ -61,10 +61,6 @@ def run_dir_of(args) -> Path:
 
 def seed_run_dir(run_dir: Path, seed: int) -> Path:
     return Path(run_dir).with_name(f"{Path(run_dir).name}-seed{seed}")
-
-
-def is_main_process() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def lock(run_dir: Path):
@@ -103,18 +99,12 @@ def is_being_trained(run_dir: Path) -> bool:
 # so that a run can say how it differs from the recipe (fewer epochs, another image size).
 SCRIPT_DEFAULTS: dict = {}
 
-# Flags that change how a run is carried out, not what it computes: they may differ on --resume and
-# are not compared with the checkpoint.
-RUN_ONLY = {"data_dir", "device", "compile", "cuda_graphs", "deterministic", "run_dir", "plot_dir", "resume",
-            "overwrite", "tensorboard", "evaluate_only", "seeds", "debug", "flags_given"}
-
-
 def run_settings(args) -> dict:
-    """The settings a checkpoint is compared with on --resume: what the run computes, not where.
-    (TrainConfig's own fields are compared by the Trainer.)"""
+    """The settings a checkpoint is compared with on --resume: the experiment's (trainer.role), besides
+    TrainConfig's own fields, which the Trainer adds."""
     config_fields = {field.name for field in dataclasses.fields(TrainConfig)}
     return {key: json_value(value) for key, value in vars(args).items()
-            if key not in RUN_ONLY and key not in config_fields}
+            if role(key) == EXPERIMENT and key not in config_fields}
 
 
 def _is_ignorable(name: str) -> bool:
@@ -129,11 +119,11 @@ def status(run_dir: Path) -> str:
     folders = [run_dir]
     if (run_dir / MOVING).is_dir():  # killed while moving the old files aside: some are still here
         folders.append(run_dir / MOVING)
-    elif (run_dir / PREVIOUS).is_dir() and not (run_dir / "last.pt").exists():
+    elif (run_dir / PREVIOUS).is_dir() and not (run_dir / FILES.LAST).exists():
         folders = [run_dir / PREVIOUS]  # what settle() puts back
-    if any((folder / "metrics.json").exists() for folder in folders):
+    if any((folder / FILES.METRICS).exists() for folder in folders):
         return "finished"
-    if any((folder / "last.pt").exists() for folder in folders):
+    if any((folder / FILES.LAST).exists() for folder in folders):
         return "unfinished"
     if any(folder.is_dir() and any(not _is_ignorable(entry.name) for entry in folder.iterdir())
            for folder in {run_dir, *folders}):
@@ -150,12 +140,12 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
         return UserError(f"another run is writing to {run_dir}; wait for it to finish or choose another --run-dir")
     state = status(run_dir) if run_dir.is_dir() else "empty"
     if evaluate_only:
-        if not (run_dir / "best.pt").is_file():
-            return UserError(f"nothing to evaluate: {run_dir / 'best.pt'} does not exist; train first, or point "
+        if not (run_dir / FILES.BEST).is_file():
+            return UserError(f"nothing to evaluate: {run_dir / FILES.BEST} does not exist; train first, or point "
                              "--run-dir at a finished run")
     elif resume:
         if state not in ("finished", "unfinished"):
-            return UserError(f"nothing to resume: {run_dir / 'last.pt'} does not exist; run without --resume "
+            return UserError(f"nothing to resume: {run_dir / FILES.LAST} does not exist; run without --resume "
                              "to start")
     elif overwrite:
         pass
@@ -253,7 +243,7 @@ def settle(run_dir: Path, report: bool = False) -> None:
     (the new run failed, or a process was killed) the new run's files go and the previous ones come back."""
     run_dir = Path(run_dir)
     moving, previous = run_dir / MOVING, run_dir / PREVIOUS
-    if previous.is_dir() and (run_dir / "last.pt").exists():
+    if previous.is_dir() and (run_dir / FILES.LAST).exists():
         _sync(run_dir)
         shutil.rmtree(previous)
         return
@@ -364,7 +354,8 @@ def check_config(config, path: Path) -> None:
         _require(config.get(key) is None or isinstance(config[key], str), path, f"{key} is not text")
 
 
-CHECKS = {"config": check_config, "history": check_history, "metrics": check_metrics}
+CHECKS = {"config": (FILES.CONFIG, check_config), "history": (FILES.HISTORY, check_history),
+          "metrics": (FILES.METRICS, check_metrics)}
 
 
 def read_run(run_dir: Path, finished: bool = True) -> dict:
@@ -373,8 +364,9 @@ def read_run(run_dir: Path, finished: bool = True) -> dict:
     run_dir = Path(run_dir)
     run = {}
     for name in ("config", "history", "metrics") if finished else ("config", "history"):
-        run[name] = read_json(run_dir / f"{name}.json")
-        CHECKS[name](run[name], run_dir / f"{name}.json")
+        file, check = CHECKS[name]
+        run[name] = read_json(run_dir / file)
+        check(run[name], run_dir / file)
     return run
 
 
@@ -538,11 +530,11 @@ class Run:
                            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
                            "repr": repr(model)}
         optimizer = optimizer or self.optimizer(model)
-        why_not = graphs.can_capture(optimizer, self.config.precision, self.world_size > 1, args.compile)
+        why_not = cuda_graphs.can_capture(optimizer, self.config.precision, self.world_size > 1, args.compile)
         if self.config.cuda_graphs and why_not:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"
-        own = [RunFiles(self), monitor.MetricsCSV(self.dir / "metrics.csv"),
+        own = [RunFiles(self), monitor.MetricsCSV(self.dir / FILES.METRICS_CSV),
                monitor.LiveFigure(self.figure_path, marked(self.title, caveats(self.config_record())),
                                   show_test=self.config.track_test)]
         if args.tensorboard:
@@ -584,7 +576,7 @@ class Run:
                 "resolved": resolved, "data": self.data, "model": self.model_info, "versions": hardware.versions()}
 
     def write_config(self) -> None:
-        write_json(self.config_record(), self.dir / "config.json")
+        write_json(self.config_record(), self.dir / FILES.CONFIG)
 
     # ---------------------------------------------------------------- the end
 
@@ -631,7 +623,7 @@ class Run:
             path = write_evaluation(metrics, self.dir)
             which = {True: "the data it was trained on", None: "data (best.pt does not record what it was trained on)",
                      False: f"OTHER data than it was trained on ({describe_data(metrics['trained_on'] or {})})"}
-            print(f"\n{self.title}, {self.dir / 'best.pt'} (step {metrics['best_step']}) evaluated again on "
+            print(f"\n{self.title}, {self.dir / FILES.BEST} (step {metrics['best_step']}) evaluated again on "
                   f"{describe_data(self.data)}: {which[metrics['on_training_data']]}\n"
                   f"{format_final_table(metrics)}\nwritten: {path}")
             return
@@ -656,7 +648,7 @@ def figure_path(run_dir: Path, name: str, plot_dir: Path = PLOT_DIR) -> Path:
 
 def fingerprint(loaders) -> str:
     """Of every split's labels and images, in order: the same data gives the same fingerprint wherever it
-    is read from; another copy, size, subset or split does not (~0.2 s for all of CIFAR-10)."""
+    is read from; another copy, size, subset or split does not."""
     digest = hashlib.blake2b(digest_size=16)
     for loader in loaders:
         for tensor in (loader.labels, loader.images):
@@ -665,7 +657,7 @@ def fingerprint(loaders) -> str:
 
 
 def write_evaluation(metrics: dict, run_dir: Path) -> Path:
-    path = Path(run_dir) / "evaluation.json"
-    write_json({**metrics, "evaluated": time.strftime("%Y-%m-%d %H:%M:%S"), "of": str(Path(run_dir) / "best.pt")},
+    path = Path(run_dir) / FILES.EVALUATION
+    write_json({**metrics, "evaluated": time.strftime("%Y-%m-%d %H:%M:%S"), "of": str(Path(run_dir) / FILES.BEST)},
                path)
     return path

@@ -17,7 +17,7 @@ from torch import nn  # noqa: E402
 
 import cli  # noqa: E402
 from runs import Run  # noqa: E402
-from utils import ACTIVATIONS  # noqa: E402
+from task3_model1 import ACTIVATIONS  # noqa: E402
 
 
 class Model2(nn.Module):

@@ -1,11 +1,7 @@
 """One training loop for every task: validation, early stopping, best checkpoint, exact resume.
 
-A run directory holds everything a run produces:
-    config.json   every setting, once            history.json  losses, accuracies, learning rates
-    metrics.json  final train/val/test numbers   metrics.csv   one row per validation (a live log)
-    last.pt       resumable state (model, optimizer, RNG, position)
-    best.pt       weights with the lowest validation loss so far
-Checkpoints are written atomically, so a crash or Ctrl-C never leaves a half-written file.
+A run directory holds everything a run produces (FILES names them). Checkpoints are written atomically, so a
+crash or Ctrl-C never leaves a half-written file.
 
 A task changes the loop through its arguments, never by editing it: `optimizer`, `lr_schedule`
 (a factor per step), `loss_fn`, `predict` (the evaluation function, e.g. test-time augmentation)
@@ -21,53 +17,77 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-import graphs
-from hardware import AUTOCAST_DTYPES, is_peer_failure
+import cuda_graphs
+from hardware import DTYPES, is_main_process, is_peer_failure
 from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
+# The files of a run folder, named here once (runs.py's folder rules, report.py and the tests use these names).
+FILES = SimpleNamespace(
+    CONFIG="config.json",           # every setting, once
+    HISTORY="history.json",         # losses, accuracies, learning rates
+    METRICS="metrics.json",         # final train/validation/test numbers
+    METRICS_CSV="metrics.csv",      # one row per validation (a live log)
+    LAST="last.pt",                 # resumable state (model, optimizer, RNG, position)
+    BEST="best.pt",                 # weights with the lowest validation loss so far
+    EVALUATION="evaluation.json",   # --evaluate-only's numbers of best.pt
+)
+
+
+# Each setting's role, declared once with the setting (`role=` of TrainConfig's fields here and of cli's flags);
+# what --resume compares, what the checkpoints record and what the report calls the experiment follow from it.
+EXPERIMENT = "experiment"  # what the run computes: recorded in the checkpoints, --resume must keep it
+LENGTH = "length"          # how long it trains: part of the experiment, but --resume may change it
+HOW = "how"                # how and where the run is carried out: not the experiment, --resume may change it
+COMMAND = "command"        # what this command does (--resume, --run-dir ...): never taken from the run
+ROLES: dict[str, str] = {}  # every setting whose role is not EXPERIMENT
+
+
+def role(setting: str) -> str:
+    return ROLES.get(setting, EXPERIMENT)
+
 
 def option(default, help: str = "", check: str | None = None, choices=None, group: str = "hyperparameters",
-           flag: bool = True):
+           flag: bool = True, role: str = EXPERIMENT):
     """A TrainConfig field; `cli.training_parser` turns each one with flag=True into --a-flag."""
     return field(default=default, metadata={"help": help, "check": check, "choices": choices, "group": group,
-                                            "flag": flag})
+                                            "flag": flag, "role": role})
 
 
 @dataclass
 class TrainConfig:
     """Every setting of the training loop, with its one default (tasks override in their parser)."""
-    epochs: int = option(10, "at most this many passes over the training set", "positive")
+    epochs: int = option(10, "at most this many passes over the training set", "positive", role=LENGTH)
     batch_size: int = option(64, "training images per step", "positive")
     lr: float = option(0.05, "learning rate", "positive")
     optimizer: str = option("sgd", "optimizer", choices=OPTIMIZERS)
     momentum: float = option(0.0, "momentum (sgd, rmsprop)", "non_negative")
     weight_decay: float = option(0.0, "L2 regularisation", "non_negative")
     early_stop_count: int = option(4, "stop after this many validations without a lower validation loss",
-                                   "positive")
+                                   "positive", role=LENGTH)
     validations_per_epoch: int = option(2, "validations per epoch, the last at the epoch's end", "positive")
     track_test: bool = option(False, "also evaluate the test loss at every validation (for figures)")
     max_steps: int | None = option(None, "stop after N optimisation steps (the final evaluation still runs)",
-                                   "positive", group="smoke runs")
+                                   "positive", group="smoke runs", role=LENGTH)
     # Chosen by the run for the device (hardware.py), not flags of their own:
     precision: str = option("fp32", flag=False)          # fp32, bf16 or fp16 (autocast)
-    channels_last: bool = option(False, flag=False)
-    cuda_graphs: bool = option(False, flag=False)        # replay each training step as one CUDA graph
-    log_every: int = option(20, flag=False)              # steps between progress-bar updates (a GPU sync each)
+    # (channels_last is a memory layout: a run may move between a CPU and a GPU in the same precision.)
+    channels_last: bool = option(False, flag=False, role=HOW)
+    cuda_graphs: bool = option(False, flag=False, role=HOW)  # replay each training step as one CUDA graph
+    log_every: int = option(20, flag=False, role=HOW)        # steps between progress-bar updates (a GPU sync each)
 
 
-# Settings that may change when a run is resumed; everything else must match.
-# (channels_last is a memory layout: a run may move between a CPU and a GPU in the same precision.)
-RESUMABLE_CHANGES = {"epochs", "max_steps", "early_stop_count", "log_every", "cuda_graphs", "channels_last"}
+ROLES.update({f.name: f.metadata["role"] for f in fields(TrainConfig) if f.metadata["role"] != EXPERIMENT})
 
 
 # What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
@@ -205,6 +225,67 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def training_step(network: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  images: torch.Tensor, labels: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, backward and update on one batch: the training step, eager or captured as a CUDA graph
+    (cuda_graphs.py). Returns the loss and the batch's accuracy (from the logits the step computed anyway:
+    no extra pass), left on the device."""
+    with autocast:
+        logits = network(images)
+        loss = loss_fn(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), batch_accuracy(logits, labels)
+
+
+def autocast(device: torch.device, precision: str, cache_enabled: bool = True):
+    """The autocast of `precision` (none for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision], cache_enabled=cache_enabled)
+
+
+def evaluate(model: nn.Module, loader, device, predict=None, precision: str = "fp32",
+             memory_format=torch.contiguous_format) -> dict:
+    """Loss, accuracy, per-class accuracy and the confusion matrix of `predict(images)` (the model's logits by
+    default) over every image of `loader` (all processes together). Sums are exact: int64 counts, the loss
+    summed in float64 on the host."""
+    device, predict = torch.device(device), predict or model
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
+        # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    classes = len(loader.classes)
+    model.eval()
+    losses, confusion = [], torch.zeros(classes * classes, dtype=torch.int64, device=device)
+    with torch.inference_mode():
+        for images, labels in loader.evaluation_batches():
+            with autocast(device, precision):
+                logits = predict(images.contiguous(memory_format=memory_format))
+            losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+            confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
+    model.train()
+    # One copy to the host for the whole set, never float64 on the device (MPS has none).
+    loss_sum = sum_in_order(torch.stack(losses).cpu().tolist())
+    if distributed:
+        reduce_on = device if device.type == "cuda" else torch.device("cpu")
+        total = torch.tensor([loss_sum], dtype=torch.float64, device=reduce_on)
+        confusion = confusion.to(reduce_on)
+        dist.all_reduce(total)
+        dist.all_reduce(confusion)
+        loss_sum = total.item()
+    matrix = confusion.view(classes, classes).cpu()
+    count, correct = int(matrix.sum()), int(matrix.diagonal().sum())
+    per_class = {name: (int(matrix[i, i]) / int(matrix[i].sum()) if int(matrix[i].sum()) else None)
+                 for i, name in enumerate(loader.classes)}
+    return {"loss": loss_sum / count, "accuracy": correct / count, "per_class_accuracy": per_class,
+            "confusion": matrix.tolist()}
+
+
 def model_signature(model: nn.Module) -> str:
     """Identifies an architecture by its parameter and buffer names and shapes."""
     shapes = [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
@@ -217,6 +298,72 @@ def sum_in_order(values) -> float:
     for value in values:
         total += value
     return total
+
+
+def device_rng_state(device: torch.device):
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    if device.type == "mps":
+        return torch.mps.get_rng_state()
+    return None
+
+
+def set_device_rng_state(state, device: torch.device) -> None:
+    if state is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state.cpu(), device)
+    elif state is not None and device.type == "mps":
+        torch.mps.set_rng_state(state.cpu())
+
+
+def check_signature(state: dict, signature: dict, path: Path, action: str, may_differ=()) -> None:
+    """Refuse to `action` the checkpoint `state` (at `path`) when it was trained with other settings than
+    `signature`, besides those that `may_differ`."""
+    saved = state.get("signature", {})
+    changed = sorted(k for k in set(saved) | set(signature) if k not in may_differ and saved.get(k) != signature.get(k))
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} -> {signature.get(k)!r}" for k in changed[:4])
+        raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
+                        "use the same settings, another --run-dir, or --overwrite to start over")
+
+
+def earlier_wall_seconds(run_dir: Path, saved: list) -> list:
+    """The wall times of a run's earlier processes as last.pt has them, or, for a finished run, as metrics.json
+    has them (last.pt was saved before the final evaluation, which took time too)."""
+    path = Path(run_dir) / FILES.METRICS
+    try:
+        finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
+    except (UserError, AttributeError):
+        finished = None
+    if isinstance(finished, list) and len(finished) == len(saved):
+        return finished
+    return saved
+
+
+class Stopwatch:
+    """The training time and images between the loop's other phases: since the last lap (the progress bar's
+    images/s) and since the last validation (metrics.csv's)."""
+
+    def __init__(self):
+        self.restart()
+
+    def restart(self) -> None:
+        self.lap_start = self.validation_start = time.perf_counter()
+        self.lap_images = self.images = 0
+
+    def count(self, images: int) -> None:
+        self.lap_images += images
+        self.images += images
+
+    def lap(self) -> tuple[float, float]:
+        """Seconds since the last lap and the images per second over them; a new lap starts."""
+        now = time.perf_counter()
+        seconds, images = now - self.lap_start, self.lap_images
+        self.lap_start, self.lap_images = now, 0
+        return seconds, images / seconds if seconds > 0 else 0.0
+
+    def since_validation(self) -> tuple[int, float]:
+        """Images trained and seconds since the last validation (or the start)."""
+        return self.images, time.perf_counter() - self.validation_start
 
 
 class Trainer:
@@ -237,7 +384,7 @@ class Trainer:
         self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
         self.distributed = dist.is_available() and dist.is_initialized()
-        self.is_main = not self.distributed or dist.get_rank() == 0
+        self.is_main = is_main_process()
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.started = time.perf_counter() if started is None else started
 
@@ -261,16 +408,14 @@ class Trainer:
         if config.max_steps and config.max_steps > self.total_steps and not evaluate_only:
             self.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
                      f"the run after {self.total_steps} steps ({self.steps_per_epoch} per epoch)")
-        self.autocast_dtype = AUTOCAST_DTYPES[config.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = self._validation_points()
-        self.step_runner = (graphs.GraphedStep(self) if config.cuda_graphs and self.device.type == "cuda"
-                            else None)
+        self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
+                            if config.cuda_graphs and self.device.type == "cuda" else None)
 
         self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
-                          **{k: v for k, v in {**asdict(config), **self.settings}.items()
-                             if k not in RESUMABLE_CHANGES}}
+                          **{k: v for k, v in {**asdict(config), **self.settings}.items() if role(k) == EXPERIMENT}}
         self.step = 0                 # optimisation steps taken
         self.epoch, self.batch_in_epoch = 0, 0
         self.history = {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
@@ -303,9 +448,7 @@ class Trainer:
         return {round(self.steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
 
     def autocast(self, cache_enabled: bool = True):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=cache_enabled)
+        return autocast(self.device, self.config.precision, cache_enabled)
 
     def prepare(self, images):
         """A batch in the memory layout the model runs fastest in."""
@@ -326,38 +469,7 @@ class Trainer:
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, loader) -> dict:
-        """Loss, accuracy, per-class accuracy and the confusion matrix over every image of `loader`
-        (all processes together). Sums are exact: int64 counts, the loss summed in float64 on the host."""
-        if self.distributed:
-            # Each process's last forward pass updated its own BatchNorm statistics; evaluate with
-            # rank 0's, the ones best.pt saves, so the metrics are those of the saved model.
-            for buffer in self.model.buffers():
-                dist.broadcast(buffer, src=0)
-        classes = len(loader.classes)
-        self.model.eval()
-        losses, confusion = [], torch.zeros(classes * classes, dtype=torch.int64, device=self.device)
-        with torch.inference_mode():
-            for images, labels in loader.evaluation_batches():
-                with self.autocast():
-                    logits = self.predict(self.prepare(images))
-                losses.append(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
-                confusion += torch.bincount(labels * classes + logits.argmax(1), minlength=classes * classes)
-        self.model.train()
-        # One copy to the host for the whole set, never float64 on the device (MPS has none).
-        loss_sum = sum_in_order(torch.stack(losses).cpu().tolist())
-        if self.distributed:
-            reduce_on = self.device if self.device.type == "cuda" else torch.device("cpu")
-            total = torch.tensor([loss_sum], dtype=torch.float64, device=reduce_on)
-            confusion = confusion.to(reduce_on)
-            dist.all_reduce(total)
-            dist.all_reduce(confusion)
-            loss_sum = total.item()
-        matrix = confusion.view(classes, classes).cpu()
-        count, correct = int(matrix.sum()), int(matrix.diagonal().sum())
-        per_class = {name: (int(matrix[i, i]) / int(matrix[i].sum()) if int(matrix[i].sum()) else None)
-                     for i, name in enumerate(loader.classes)}
-        return {"loss": loss_sum / count, "accuracy": correct / count, "per_class_accuracy": per_class,
-                "confusion": matrix.tolist()}
+        return evaluate(self.model, loader, self.device, self.predict, self.config.precision, self.memory_format)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -368,14 +480,7 @@ class Trainer:
                 "callbacks": [callback.state_dict() for callback in self.callbacks],
                 "train_seconds": self.train_seconds, "images_trained": self.images_trained,
                 "wall_seconds": self.wall_seconds(), "torch_rng": torch.get_rng_state(),
-                "device_rng": self._device_rng_state(), "signature": self.signature, "data": self.data}
-
-    def _device_rng_state(self):
-        if self.device.type == "cuda":
-            return torch.cuda.get_rng_state(self.device)
-        if self.device.type == "mps":
-            return torch.mps.get_rng_state()
-        return None
+                "device_rng": device_rng_state(self.device), "signature": self.signature, "data": self.data}
 
     def _claim(self) -> None:
         """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
@@ -391,10 +496,10 @@ class Trainer:
         if self.step != self.saved_step:
             self._outdate_results()
         if self.is_main:
-            save_checkpoint(self._state(), self.run_dir / "last.pt")
+            save_checkpoint(self._state(), self.run_dir / FILES.LAST)
         self.saved_step = self.step
         if self.is_main:
-            write_json(self.history, self.run_dir / "history.json")
+            write_json(self.history, self.run_dir / FILES.HISTORY)
         if first and not self.resumed:
             for callback in self.callbacks:
                 callback.after_first_save(self)
@@ -404,33 +509,24 @@ class Trainer:
         metrics.json goes before they change (with best.pt, also evaluation.json, --evaluate-only's
         numbers of the best.pt being replaced), so no final numbers are left that they no longer back."""
         if self.resumed and self.is_main:
-            for name in ("metrics.json", "evaluation.json") if best else ("metrics.json",):
+            for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
                 (self.run_dir / name).unlink(missing_ok=True)
 
     def _kept(self) -> str:
         """What is on disk after an interrupted save."""
         if self.saved_step is not None:
-            return (f"{self.run_dir / 'last.pt'} keeps step {self.saved_step}; continue with the same command "
+            return (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command "
                     "plus --resume")
         if self.protect_previous:
             return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
         return "nothing was saved"
 
-    def check_signature(self, state: dict, path: Path, action: str, may_differ=()) -> None:
-        saved = state.get("signature", {})
-        changed = sorted(k for k in set(saved) | set(self.signature)
-                         if k not in may_differ and saved.get(k) != self.signature.get(k))
-        if changed:
-            details = ", ".join(f"{k}: {saved.get(k)!r} -> {self.signature.get(k)!r}" for k in changed[:4])
-            raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
-                            "use the same settings, another --run-dir, or --overwrite to start over")
-
     def resume(self) -> None:
-        path = self.run_dir / "last.pt"
+        path = self.run_dir / FILES.LAST
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
-        self.check_signature(state, path, "resume")
+        check_signature(state, self.signature, path, "resume")
         saved_data = state.get("data") or {}
         if self.data and saved_data and saved_data.get("fingerprint") != self.data.get("fingerprint"):
             raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
@@ -438,12 +534,12 @@ class Trainer:
                             "over with --overwrite or another --run-dir")
         if self.data and saved_data and saved_data.get("source") != self.data.get("source"):
             self.log(f"the same data as before, now from {self.data['source']}")
-        best = self.run_dir / "best.pt"
+        best = self.run_dir / FILES.BEST
         if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
             raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
                             "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
         if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
-            self.check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), best, "resume")
+            check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), self.signature, best, "resume")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -455,28 +551,13 @@ class Trainer:
         self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
                                                self.config.early_stop_count)
         self.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
-        self.earlier_wall_seconds = self._earlier_wall_seconds(list(state["wall_seconds"]))
+        self.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
         torch.set_rng_state(state["torch_rng"].cpu())
-        if state["device_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["device_rng"].cpu(), self.device)
-        elif state["device_rng"] is not None and self.device.type == "mps":
-            torch.mps.set_rng_state(state["device_rng"].cpu())
+        set_device_rng_state(state["device_rng"], self.device)
         self.resumed = self.claimed = True
         self.saved_step = self.step
         self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
                  f"best validation loss {self.best['loss']:.4f})")
-
-    def _earlier_wall_seconds(self, saved: list) -> list:
-        """The processes' wall times as last.pt has them, or, for a finished run, as metrics.json has them
-        (last.pt was saved before the final evaluation, which took time too)."""
-        path = self.run_dir / "metrics.json"
-        try:
-            finished = read_json(path).get("wall_seconds_per_process") if path.exists() else None
-        except (UserError, AttributeError):
-            finished = None
-        if isinstance(finished, list) and len(finished) == len(saved):
-            return finished
-        return saved
 
     # ---------------------------------------------------------------- training
 
@@ -546,7 +627,7 @@ class Trainer:
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
                                  "validation": point, "signature": self.signature, "data": self.data},
-                                self.run_dir / "best.pt")
+                                self.run_dir / FILES.BEST)
         self.save_last()
         self._saving = False
         logging = time.perf_counter()
@@ -560,23 +641,19 @@ class Trainer:
         return should_early_stop(losses, self.config.early_stop_count)
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch; returns the loss and the batch's accuracy (from the logits the
-        step computed anyway: no extra pass), left on the device."""
+        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
         if self.step_runner is not None:
             return self.step_runner(images, labels)
-        with self.autocast():
-            logits = self.network(self.prepare(images))
-            loss = self.loss_fn(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach(), batch_accuracy(logits, labels)
+        return self._step(images, labels)
+
+    def _step(self, images, labels, cache_enabled: bool = True):
+        return training_step(self.network, self.loss_fn, self.optimizer, self.scaler, self.prepare(images), labels,
+                             self.autocast(cache_enabled))
 
     def fit(self) -> dict:
         """Train (unless the run only evaluates), then evaluate the best weights on every split."""
         if self.evaluate_only:
-            self.metrics = self.evaluate_checkpoint(self.run_dir / "best.pt")
+            self.metrics = self.evaluate_checkpoint(self.run_dir / FILES.BEST)
             return self.metrics
         with self._peers_watched():
             self.train()
@@ -585,7 +662,7 @@ class Trainer:
                 return self.metrics
             except KeyboardInterrupt:
                 raise TrainingInterrupted(
-                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / 'last.pt'}; "
+                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
                     "the same command plus --resume evaluates it") from None
 
     @contextlib.contextmanager
@@ -599,7 +676,7 @@ class Trainer:
                 raise
             # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            last, kept = self.run_dir / "last.pt", None
+            last, kept = self.run_dir / FILES.LAST, None
             if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
                 with contextlib.suppress(UserError, KeyError, TypeError):
                     step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
@@ -628,8 +705,7 @@ class Trainer:
         self.model.train()
         # Checking for NaN costs a GPU sync, so there it happens with the progress bar only.
         check_every = 1 if self.device.type == "cpu" else self.config.log_every
-        pending, rates, seen, last_time = [], [], 0, time.perf_counter()
-        interval_images, interval_start = 0, last_time
+        pending, rates, clock = [], [], Stopwatch()  # losses and rates not yet in the history; training time
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
         stop = self.step >= self.total_steps or self.early_stopped
@@ -639,40 +715,32 @@ class Trainer:
                     callback.on_train_start(self)
             while not stop and self.epoch < self.config.epochs:
                 for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
+                    # step: the schedule's rate, forward, backward, update; the position moves on
                     rate = self._set_learning_rate()
                     loss, accuracy = self.train_step(images, labels)
                     pending.append((loss, accuracy))
                     rates.append(rate)
-                    done_batch = self.batch_in_epoch
-                    self.step += 1
-                    self.images_trained += len(labels) * self.world_size
-                    interval_images += len(labels) * self.world_size
-                    for callback in self.callbacks:
-                        callback.after_step(self)
-                    self.batch_in_epoch += 1
-                    if self.batch_in_epoch == self.steps_per_epoch:
-                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-                    seen += len(labels)
+                    validation_due = self._advance(len(labels) * self.world_size)
+                    clock.count(len(labels) * self.world_size)
                     bar.update()
+                    # check: a loss that is no longer finite ends the run, the last good checkpoints kept
                     if self.step % check_every == 0 and not torch.isfinite(loss):
                         self._diverged(pending, rates, loss)
+                    # progress
                     if self.step % self.config.log_every == 0:
-                        now = time.perf_counter()
-                        self.train_seconds += now - last_time
-                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}",
-                                        val_acc=self._last_accuracy(),
-                                        img_s=f"{seen * self.world_size / (now - last_time):.0f}")
-                        seen, last_time = 0, now
-                    if done_batch in self.validate_at or self.step >= self.total_steps:
-                        now = time.perf_counter()
-                        self.train_seconds += now - last_time
-                        if self._validate(pending, rates, interval_images, now - interval_start):
+                        seconds, images_per_s = clock.lap()
+                        self.train_seconds += seconds
+                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}", val_acc=self._last_accuracy(),
+                                        img_s=f"{images_per_s:.0f}")
+                    # validation: best weights and last.pt saved, perhaps early stopping
+                    if validation_due:
+                        self.train_seconds += clock.lap()[0]
+                        if self._validate(pending, rates, *clock.since_validation()):
                             self.early_stopped = True
                             self.log(f"early stopping: validation loss has not improved for "
                                      f"{self.config.early_stop_count} validations")
                             stop = True
-                        seen, last_time = 0, time.perf_counter()
-                        interval_images, interval_start = 0, last_time
+                        clock.restart()
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
@@ -682,7 +750,7 @@ class Trainer:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self.train_seconds += time.perf_counter() - last_time
+            self.train_seconds += clock.lap()[0]
             if self.protect_previous and not self.claimed:
                 raise TrainingInterrupted(
                     f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
@@ -695,10 +763,22 @@ class Trainer:
                     pass
                 else:
                     raise TrainingInterrupted(
-                        f"interrupted: step {self.step} is saved in {self.run_dir / 'last.pt'}; continue with the "
+                        f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; continue with the "
                         "same command plus --resume") from None
             raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
         bar.close()
+
+    def _advance(self, images: int) -> bool:
+        """Count a step taken (after_step callbacks see it counted); True when a validation is due."""
+        done_batch = self.batch_in_epoch
+        self.step += 1
+        self.images_trained += images
+        for callback in self.callbacks:
+            callback.after_step(self)
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return done_batch in self.validate_at or self.step >= self.total_steps
 
     def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.
@@ -706,9 +786,9 @@ class Trainer:
         if not (self.protect_previous and not self.claimed):
             self._claim()
             if self.is_main:
-                write_json(self.history, self.run_dir / "history.json")
+                write_json(self.history, self.run_dir / FILES.HISTORY)
         if self.best["step"] is not None:
-            kept = f"the best checkpoint {self.run_dir / 'best.pt'} (step {self.best['step']}) is kept"
+            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.best['step']}) is kept"
         elif self.protect_previous and not self.claimed:
             kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
         else:
@@ -720,7 +800,7 @@ class Trainer:
 
     def final_evaluation(self) -> dict:
         """Reload the best weights and evaluate on the whole train, validation and test sets."""
-        best, started = self.run_dir / "best.pt", time.perf_counter()
+        best, started = self.run_dir / FILES.BEST, time.perf_counter()
         if self.distributed:
             dist.barrier()  # rank 0 has finished writing best.pt
         # When the best weights are the last ones (validated at this very step), they are already
@@ -742,7 +822,7 @@ class Trainer:
             seconds={"training": round(self.train_seconds, 2),
                      **{name: round(value, 2) for name, value in self.seconds.items()}})
         if self.is_main:
-            write_json(metrics, self.run_dir / "metrics.json")
+            write_json(metrics, self.run_dir / FILES.METRICS)
         return metrics
 
     def parameters_changed(self) -> None:
@@ -759,7 +839,7 @@ class Trainer:
         """Evaluate saved weights (best.pt) on every split without training or changing the run; on the
         data it was trained on or other data (another folder or --subset: `data` and `trained_on` say)."""
         state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=self.device)
-        self.check_signature(state, path, "evaluate", may_differ={"subset"})
+        check_signature(state, self.signature, path, "evaluate", may_differ={"subset"})
         try:
             self.model.load_state_dict(state["model"])
         except (KeyError, RuntimeError) as error:

@@ -13,11 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-
-# Activation functions the Task 3 scripts can switch between (--activation).
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU,
-               "tanh": nn.Tanh}
 
 # numpy's seed is a 32-bit unsigned integer; torch's and Python's accept at least that.
 MAX_SEED = 2 ** 32 - 1

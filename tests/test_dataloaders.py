@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dataloaders
-from conftest import JPEG_ARCHIVE, synthetic_images, write_batches, write_image_folders
+from helpers import JPEG_ARCHIVE, synthetic_images, write_batches, write_image_folders
 from utils import UserError
 
 
@@ -125,6 +125,7 @@ def test_augmentation_rejects_an_unknown_padding_mode():
         dataloaders.Augmentation(flip="sometimes")
 
 
+@pytest.mark.slow
 def test_alternating_flips_mirror_every_image_every_other_epoch(folder_data):
     augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=0)
     train, _, _ = load(folder_data, augment=augmentation)
@@ -152,6 +153,7 @@ def test_alternating_flips_mirror_every_image_every_other_epoch(folder_data):
         augmentation(train.images[:4], torch.Generator())
 
 
+@pytest.mark.slow
 def test_augmentation_only_on_training_loader_and_reproducible(folder_data):
     train, val, test = load(folder_data, augment=dataloaders.Augmentation())
     assert val.augment is None and test.augment is None
@@ -280,6 +282,7 @@ def test_split_with_too_few_images(folder_data, fraction):
 
 # ---------------------------------------------------------------- the real data, when present
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JPEG_ARCHIVE.exists(), reason="../shared/data/cifar10-jpeg.tar.gz not present")
 def test_shared_jpeg_copy(tmp_path_factory):
     root = tmp_path_factory.mktemp("jpeg")

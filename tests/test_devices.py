@@ -8,13 +8,12 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import cuda_graphs
 import dataloaders
-import graphs
 import hardware
 import task2
 import task3d
-from conftest import needs_cuda, run_script
-from test_robustness import one_line_error, outcome
+from helpers import needs_cuda, one_line_error, outcome, run_script
 from trainer import TrainConfig, Trainer
 
 
@@ -63,6 +62,7 @@ class Float64Watch(TorchDispatchMode):
         return out
 
 
+@pytest.mark.slow
 def test_training_and_evaluation_make_no_float64_tensor(folder_data, tmp_path):
     """Exact sums without float64 on the device: int64 counts, and the loss summed on the host."""
     loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
@@ -166,8 +166,8 @@ def test_the_cuda_random_state_is_resumed(folder_data, tmp_path):
 def test_a_setup_that_cannot_be_captured_says_why():
     model = nn.Linear(4, 2).cuda()
     plain = torch.optim.RMSprop(model.parameters(), lr=0.1)
-    assert "RMSprop" in graphs.can_capture(plain, "bf16", distributed=False)
+    assert "RMSprop" in cuda_graphs.can_capture(plain, "bf16", distributed=False)
     fused = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1, device="cuda"), fused=True)
-    assert graphs.can_capture(fused, "bf16", distributed=False) is None
-    assert "scaler" in graphs.can_capture(fused, "fp16", distributed=False)
-    assert "DDP" in graphs.can_capture(fused, "bf16", distributed=True)
+    assert cuda_graphs.can_capture(fused, "bf16", distributed=False) is None
+    assert "scaler" in cuda_graphs.can_capture(fused, "fp16", distributed=False)
+    assert "DDP" in cuda_graphs.can_capture(fused, "bf16", distributed=True)

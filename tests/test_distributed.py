@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from helpers import ROOT
 
 import dataloaders
 from task2 import Task2Model
@@ -17,6 +17,7 @@ from trainer import TrainConfig, Trainer
 from utils import load_checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world_size", [2, 3])
 @pytest.mark.parametrize("batch_size", [1, 7, 16])
 def test_every_process_takes_the_same_number_of_steps(world_size, batch_size):
@@ -54,6 +55,7 @@ def full_set_metrics(model, checkpoint, data_dir, batch_size):
 
 
 # Model 1 has BatchNorm, whose running statistics each process updates on its own shard.
+@pytest.mark.slow
 @pytest.mark.parametrize("script, model, title", [("task2.py", Task2Model, "Task 2"),
                                                   ("task3_model1.py", Model1, "Task 3 Model 1")])
 def test_two_processes_under_torchrun_write_one_set_of_outputs(script, model, title, folder_data, tmp_path):
@@ -118,6 +120,7 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_whitening_is_the_same_on_every_torchrun_process(folder_data, tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(WHITENING_PROBE.format(root=str(ROOT), data=str(folder_data), out=str(tmp_path)))
@@ -136,6 +139,7 @@ def test_whitening_is_the_same_on_every_torchrun_process(folder_data, tmp_path):
     assert not torch.allclose(rank0, task3d.WhiteningConv().weight, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_task3d_under_torchrun_freezes_its_whitening_bias_mid_run(folder_data, tmp_path):
     """Freezing changes which parameters train; DistributedDataParallel must be rebuilt for it."""
     run_dir = tmp_path / "run"

@@ -23,8 +23,8 @@ import task2
 import task4b
 import task4c
 import utils
-from conftest import ROOT
-from test_robustness import one_line_error, outcome, task2_args
+from helpers import ROOT
+from helpers import one_line_error, outcome, task2_args, tiny_trainer
 from utils import UserError
 
 
@@ -256,9 +256,13 @@ def test_task4b_and_4c_check_the_plot_dir_before_the_model_runs(module, work, ph
 
 # ---------------------------------------------------------------- signals while PyTorch loads
 
-def test_sigterm_while_torch_loads_is_one_line_and_143(tmp_path):
-    """A stand-in for PyTorch that takes long to import: SIGTERM meanwhile says so, and exits as a shell
-    reports a death by SIGTERM."""
+@pytest.mark.parametrize("sig, code, says", [
+    (signal.SIGINT, 130, "interrupted while starting up: nothing was done"),
+    (signal.SIGTERM, 143, "terminated while starting up: nothing was done"),  # as a shell reports SIGTERM's death
+])
+def test_a_signal_while_torch_loads_is_one_line(sig, code, says, tmp_path):
+    """A stand-in for PyTorch that takes long to import: Ctrl-C or SIGTERM meanwhile says so in one line, no
+    traceback."""
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "__init__.py").write_text("import time\nprint('importing torch', flush=True)\n"
                                                     "time.sleep(120)\n")
@@ -266,14 +270,15 @@ def test_sigterm_while_torch_loads_is_one_line_and_143(tmp_path):
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert process.stdout.readline().strip() == "importing torch"
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 143
-    assert stderr.strip() == "terminated while starting up: nothing was done"
+    assert process.returncode == code
+    assert stderr.strip() == says
 
 
 # ---------------------------------------------------------------- torchrun
 
+@pytest.mark.slow
 def test_a_torchrun_process_killed_mid_run_leaves_the_survivor_one_line(folder_data, tmp_path):
     if not os.path.isdir("/proc/self"):
         pytest.skip("finds the processes' ranks in /proc")
@@ -311,7 +316,6 @@ def test_a_torchrun_process_killed_mid_run_leaves_the_survivor_one_line(folder_d
 def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved, folder_data, tmp_path, monkeypatch):
     """The same message without torchrun: which last.pt is this run's (a previous run's is not, under
     --overwrite, until this one saves)."""
-    from test_robustness import tiny_trainer
 
     trainer = tiny_trainer(folder_data, tmp_path)
     trainer.protect_previous = not saved

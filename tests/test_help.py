@@ -3,13 +3,14 @@
 import re
 
 import pytest
+import torch
 
 import cli
+import runs
 import task2
 import task3_model1
 import task3d
-from test_keep_results import run
-from test_robustness import task2_args
+from helpers import outcome, task2_args
 
 
 def parser_of(module, monkeypatch):
@@ -81,17 +82,35 @@ def test_help_from_the_command_line(capsys):
     assert out.index("task 3d recipe") < out.index("hyperparameters")
 
 
+@pytest.mark.slow
 def test_a_smoke_run_that_cannot_reach_max_steps_says_so_at_the_start(folder_data, tmp_path, capsys):
     # --subset 160: 160 training images, batch 16: 10 steps per epoch, so one epoch ends the run at step 10.
     args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--epochs", "1", "--max-steps", "500")
-    code, err = run(task2.main, list(map(str, args)), capsys)
+    code, err = outcome(task2.main, list(map(str, args)), capsys)
     assert code == 0
     notes = [line for line in err.splitlines() if "--max-steps 500" in line]
     assert len(notes) == 1 and "--epochs 1" in notes[0] and "10 steps" in notes[0], err
     assert err.index(notes[0]) < err.index("Task 2: ")  # before the line that starts the training
 
 
+@pytest.mark.slow
 def test_a_reachable_max_steps_says_nothing(folder_data, tmp_path, capsys):
     args = task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "3")
-    code, err = run(task2.main, list(map(str, args)), capsys)
+    code, err = outcome(task2.main, list(map(str, args)), capsys)
     assert code == 0 and "--max-steps" not in err
+
+
+def test_each_setting_has_one_role_that_decides_what_a_run_is_compared_on(monkeypatch, folder_data, tmp_path):
+    import trainer
+    args = parser_of(task2, monkeypatch).parse_args([])
+    args.flags_given = []
+    settings = runs.run_settings(args)
+    assert {"seed", "name", "validation_fraction", "augment", "subset"} <= set(settings)
+    assert not {"data_dir", "device", "compile", "run_dir", "plot_dir", "resume", "seeds", "flags_given"} & set(settings)
+    assert [trainer.role(k) for k in ("epochs", "max_steps", "cuda_graphs", "run_dir", "lr")] == [
+        trainer.LENGTH, trainer.LENGTH, trainer.HOW, trainer.COMMAND, trainer.EXPERIMENT]
+    config = trainer.TrainConfig(precision="fp32")
+    signature = trainer.Trainer(torch.nn.Linear(2, 2), None, None, None, config, tmp_path, "cpu",
+                                settings=settings).signature
+    assert {"lr", "batch_size", "precision", "seed", "model"} <= set(signature)
+    assert not {"epochs", "max_steps", "early_stop_count", "cuda_graphs", "channels_last", "log_every"} & set(signature)

@@ -20,10 +20,9 @@ import resnet
 import runs
 import task2
 import utils
-from conftest import ROOT, write_image_folders
+from helpers import ROOT, write_image_folders
 from runs import read_run
-from test_robustness import ONE_THREAD, one_line_error, outcome, snapshot, task2_args
-from trainer import Trainer
+from helpers import ONE_THREAD, fail_at_step, one_line_error, outcome, snapshot, task2_args
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +36,6 @@ def finished(folder_data, tmp_path_factory):
     return base
 
 
-def run(entry, argv, capsys):
-    """(exit code, stderr) of `entry` through cli.main: 0 when it returns."""
-    try:
-        return outcome(entry, argv, capsys)
-    except pytest.fail.Exception:  # outcome() expects an exit; a run that succeeds returns
-        return 0, capsys.readouterr().err
-
-
 def copy_of(finished, tmp_path):
     shutil.copytree(finished / "run", tmp_path / "run")
     shutil.copytree(finished / "plots", tmp_path / "plots")
@@ -55,6 +46,7 @@ def everything(run_dir, plot_dir):
     return snapshot(run_dir), snapshot(plot_dir)
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_refused_without_overwrite(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     before = everything(run_dir, plot_dir)
@@ -68,18 +60,6 @@ def diverge_at_once(monkeypatch):
     return ["--lr", "1e12"]  # the loss is not finite after the first steps, long before the first validation
 
 
-def fail_at_step(monkeypatch, step: int, error: BaseException) -> None:
-    """Make the Trainer's `step`-th training step of this process raise `error`."""
-    real, calls = Trainer.train_step, []
-
-    def train_step(self, images, labels):
-        calls.append(1)
-        if len(calls) == step:
-            raise error
-        return real(self, images, labels)
-    monkeypatch.setattr(Trainer, "train_step", train_step)
-
-
 def interrupt_at_step_2(monkeypatch):
     fail_at_step(monkeypatch, 2, KeyboardInterrupt())
     return []
@@ -90,6 +70,7 @@ def crash_at_step_2(monkeypatch):
     return []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure, code, says", [
     (diverge_at_once, 1, "training diverged"),
     (interrupt_at_step_2, 130, "nothing was saved"),
@@ -108,10 +89,11 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_saves(failure, code, says
     assert everything(run_dir, plot_dir) == before
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_the_old_run_once_the_new_one_saves(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     old = read_run(run_dir)
-    code, _ = run(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
+    code, _ = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
     assert code == 0
     new = read_run(run_dir)
     assert new["config"]["settings"]["lr"] == 0.01 and new["metrics"]["test"] != old["metrics"]["test"]
@@ -119,6 +101,7 @@ def test_overwrite_replaces_the_old_run_once_the_new_one_saves(folder_data, fini
     assert len(rows) == 1 + len(new["history"]["validation"])      # the old run's rows are gone
 
 
+@pytest.mark.slow
 def test_resume_with_the_best_checkpoint_missing_names_it(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     last = utils.load_checkpoint(run_dir / "last.pt")
@@ -135,23 +118,6 @@ def test_ctrl_c_while_the_data_loads_says_nothing_was_trained(tmp_path, capsys, 
     monkeypatch.setattr(dataloaders, "load_raw", interrupted)
     code, stderr = outcome(task2.main, ["--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots"], capsys)
     assert code == 130 and "nothing was trained" in stderr and "--resume" not in stderr and "Traceback" not in stderr
-
-
-FAKE_TORCH = "import sys, time\nprint('importing torch', flush=True)\ntime.sleep(120)\n"
-
-
-def test_ctrl_c_while_torch_loads_is_one_line(tmp_path):
-    """A stand-in for PyTorch that takes long to import: Ctrl-C meanwhile must not print a traceback."""
-    (tmp_path / "torch").mkdir()
-    (tmp_path / "torch" / "__init__.py").write_text(FAKE_TORCH)
-    process = subprocess.Popen([sys.executable, str(ROOT / "task2.py")], cwd=ROOT, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert process.stdout.readline().strip() == "importing torch"
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130
-    assert stderr.strip() == "interrupted while starting up: nothing was done"
 
 
 def test_divergence_before_any_validation_claims_no_checkpoint(folder_data, tmp_path, capsys):
@@ -176,22 +142,24 @@ def test_image_that_is_a_folder_or_too_large(tmp_path, monkeypatch):
         resnet.load_image(path)
 
 
+@pytest.mark.slow
 def test_images_per_second_counts_the_images_trained(folder_data, tmp_path, capsys):
     # A batch larger than the training set: every step trains on all 160 images, not 100,000.
     run_dir = tmp_path / "run"
-    assert run(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--batch-size", "100000"),
+    assert outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--batch-size", "100000"),
                capsys)[0] == 0
     metrics = read_run(run_dir)["metrics"]
     assert metrics["steps"] == 4 and metrics["images_trained"] == 4 * 160
     assert metrics["train_images_per_s"] == pytest.approx(4 * 160 / metrics["train_seconds"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_wall_time_of_every_process_of_a_resumed_run(folder_data, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = task2_args(folder_data, run_dir, tmp_path / "plots")
-    assert run(task2.main, [*args, "--max-steps", "5"], capsys)[0] == 0
+    assert outcome(task2.main, [*args, "--max-steps", "5"], capsys)[0] == 0
     first = read_run(run_dir)["metrics"]["wall_seconds_per_process"]
-    assert run(task2.main, [*args, "--max-steps", "10", "--resume"], capsys)[0] == 0
+    assert outcome(task2.main, [*args, "--max-steps", "10", "--resume"], capsys)[0] == 0
     metrics = read_run(run_dir)["metrics"]
     assert len(first) == 1 and len(metrics["wall_seconds_per_process"]) == 2
     assert metrics["wall_seconds_per_process"][0] == first[0]
@@ -212,6 +180,7 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write(tmp_path):
     assert utils.load_checkpoint(tmp_path / "best.pt") == {"step": 1}
 
 
+@pytest.mark.slow
 def test_no_float_that_float32_cannot_hold(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "task2.py"), "--lr", "1e300", "--run-dir", tmp_path / "r"],
                             cwd=ROOT, capture_output=True, text=True)
@@ -240,13 +209,15 @@ def test_a_folder_holding_files_but_no_run_is_refused(held, folder_data, tmp_pat
     assert not (tmp_path / "plots").exists()
 
 
+@pytest.mark.slow
 def test_an_empty_folder_is_used(folder_data, tmp_path, capsys):
     (tmp_path / "run").mkdir()
-    assert run(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "5"),
+    assert outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots", "--max-steps", "5"),
                capsys)[0] == 0
     assert (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_only_the_files_a_run_writes(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     (run_dir / "notes.txt").write_text("mine")
@@ -255,7 +226,7 @@ def test_overwrite_replaces_only_the_files_a_run_writes(folder_data, finished, t
     (run_dir / "tensorboard").mkdir()
     (run_dir / "tensorboard" / "events.out.tfevents.1").write_text("an old run's log")
     old = read_run(run_dir)
-    code, _ = run(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
+    code, _ = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
     assert code == 0 and read_run(run_dir)["metrics"]["test"] != old["metrics"]["test"]
     assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "mine" / "table.csv").read_text() == "1,2\n"
     assert not (run_dir / "tensorboard").exists() and not (run_dir / runs.PREVIOUS).exists()
@@ -272,6 +243,7 @@ def full_disk_at_first_best(monkeypatch):
     monkeypatch.setattr(torch, "save", save)
 
 
+@pytest.mark.slow
 def test_overwrite_on_a_full_disk_keeps_the_old_run(folder_data, finished, tmp_path, capsys, monkeypatch):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     before = tree(run_dir)
@@ -300,6 +272,7 @@ cli.main(task2.main, sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_overwrite_killed_during_its_first_write_keeps_the_old_run(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     before = tree(run_dir)
@@ -316,6 +289,7 @@ def test_overwrite_killed_during_its_first_write_keeps_the_old_run(folder_data, 
     assert read_run(run_dir) == read_run(finished / "run")
 
 
+@pytest.mark.slow
 def test_resumed_finished_run_is_unfinished_once_its_checkpoints_change(folder_data, finished, tmp_path, capsys,
                                                                         monkeypatch):
     run_dir, plot_dir = copy_of(finished, tmp_path)
@@ -337,14 +311,16 @@ def test_resumed_finished_run_is_unfinished_once_its_checkpoints_change(folder_d
     assert code == 2 and "holds an unfinished run" in stderr
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_without_training_keeps_its_results(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     old = read_run(run_dir)["metrics"]
-    assert run(task2.main, ["--run-dir", run_dir, "--resume", "--data-dir", folder_data], capsys)[0] == 0
+    assert outcome(task2.main, ["--run-dir", run_dir, "--resume", "--data-dir", folder_data], capsys)[0] == 0
     new = read_run(run_dir)["metrics"]
     assert new["test"] == old["test"] and new["steps"] == old["steps"]
 
 
+@pytest.mark.slow
 def test_resume_on_other_data_is_refused(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     utils.save_checkpoint({**utils.load_checkpoint(run_dir / "last.pt"), "step": 12},
@@ -371,9 +347,10 @@ def test_resume_on_other_data_is_refused(folder_data, finished, tmp_path, capsys
     assert tree(run_dir) == before
 
 
+@pytest.mark.slow
 def test_resume_and_evaluate_only_need_only_the_run_dir(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
-    code, stderr = run(task2.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
     assert code == 0, stderr
     evaluation = utils.read_json(run_dir / "evaluation.json")
     assert evaluation["test"] == read_run(run_dir)["metrics"]["test"] and evaluation["on_training_data"] is True
@@ -381,7 +358,7 @@ def test_resume_and_evaluate_only_need_only_the_run_dir(folder_data, finished, t
     code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--momentum", "0.9"], capsys)
     assert code == 2 and one_line_error(stderr) and "--momentum" in stderr
     # A longer run is allowed: it continues with the recorded settings (batch size 16, subset 160).
-    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
                        capsys)
     assert code == 0, stderr
     config = read_run(run_dir)["config"]["settings"]
@@ -389,10 +366,11 @@ def test_resume_and_evaluate_only_need_only_the_run_dir(folder_data, finished, t
     assert read_run(run_dir)["metrics"]["steps"] == 50
 
 
+@pytest.mark.slow
 def test_evaluate_only_on_other_data_says_so(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     before = {name: data for name, data in tree(run_dir).items() if name != "evaluation.json"}
-    code, _ = run(task2.main, ["--run-dir", run_dir, "--evaluate-only", "--subset", "50"], capsys)
+    code, _ = outcome(task2.main, ["--run-dir", run_dir, "--evaluate-only", "--subset", "50"], capsys)
     assert code == 0
     evaluation = utils.read_json(run_dir / "evaluation.json")
     assert evaluation["on_training_data"] is False and evaluation["data"]["test_images"] == 50
@@ -400,6 +378,7 @@ def test_evaluate_only_on_other_data_says_so(folder_data, finished, tmp_path, ca
     assert {name: data for name, data in tree(run_dir).items() if name != "evaluation.json"} == before
 
 
+@pytest.mark.slow
 def test_every_seed_folder_is_checked_before_the_first_trains(folder_data, finished, tmp_path, capsys):
     shutil.copytree(finished / "run", tmp_path / "run-seed1")
     code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots",
@@ -408,6 +387,7 @@ def test_every_seed_folder_is_checked_before_the_first_trains(folder_data, finis
     assert not (tmp_path / "run-seed0").exists() and "validation loss" not in stderr
 
 
+@pytest.mark.slow
 def test_resume_with_a_truncated_best_checkpoint_is_refused(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     (run_dir / "best.pt").write_bytes((run_dir / "best.pt").read_bytes()[:3000])
@@ -429,17 +409,19 @@ def test_overwrite_sets_aside_the_figure_drawn_beside_the_run(tmp_path):
         name: name for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt")}
 
 
+@pytest.mark.slow
 def test_resume_draws_where_this_command_says_not_where_the_record_does(folder_data, finished, tmp_path, capsys):
     """A run made with --plot-dir A, resumed without it (say, in a copy of the project elsewhere), must not
     draw into A: where outputs go is the command's, not the record's (only the data folder is taken)."""
     run_dir, plot_dir = copy_of(finished, tmp_path)
     figure = (plot_dir / "task2.png").read_bytes()
-    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
                        capsys)
     assert code == 0, stderr
     assert (plot_dir / "task2.png").read_bytes() == figure and (run_dir / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_resume_reads_the_settings_of_the_run_an_interrupted_overwrite_set_aside(folder_data, finished, tmp_path,
                                                                                  capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
@@ -447,12 +429,13 @@ def test_resume_reads_the_settings_of_the_run_an_interrupted_overwrite_set_aside
     config = utils.read_json(run_dir / runs.PREVIOUS / "config.json")
     config["settings"]["lr"] = 0.01
     utils.write_json(config, run_dir / "config.json")
-    code, stderr = run(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
                        capsys)
     assert code == 0, stderr
     assert "restored the previous run" in stderr and read_run(run_dir)["config"]["settings"]["lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_found_it(folder_data, tmp_path,
                                                                                        capsys):
     run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
@@ -463,22 +446,24 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_the_folder_as_it_fo
     code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--lr", "1e30", "--overwrite"),
                            capsys)
     assert code == 1 and tree(run_dir) == {"notes.txt": b"mine"}
-    code, stderr = run(task2.main, task2_args(folder_data, tmp_path / "run", plot_dir), capsys)  # the advised rerun
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", plot_dir), capsys)  # the advised rerun
     assert code == 2 and "not empty (notes.txt)" in stderr  # the user's file, not a leftover of ours
 
 
+@pytest.mark.slow
 def test_a_variant_of_a_script_is_evaluated_with_only_its_run_dir(folder_data, tmp_path, capsys):
     """task3_model1 --convs-per-stage 1 is the run task3c_before: its record says so."""
     import task3_model1
     run_dir = tmp_path / "c1"
-    code, stderr = run(task3_model1.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--epochs", "1",
+    code, stderr = outcome(task3_model1.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--epochs", "1",
                                                      "--convs-per-stage", "1"), capsys)
     assert code == 0, stderr
-    code, stderr = run(task3_model1.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
+    code, stderr = outcome(task3_model1.main, ["--run-dir", run_dir, "--evaluate-only"], capsys)
     assert code == 0, stderr
     assert utils.read_json(run_dir / "evaluation.json")["on_training_data"] is True and "figure:" not in stderr
 
 
+@pytest.mark.slow
 def test_a_mistyped_recorded_setting_is_one_line(folder_data, finished, tmp_path, capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
     config = utils.read_json(run_dir / "config.json")

@@ -4,7 +4,7 @@ import json
 import pytest
 
 import report
-from conftest import run_script
+from helpers import run_script
 from utils import UserError, write_json
 
 
@@ -43,6 +43,7 @@ def runs(tmp_path):
     return runs_dir
 
 
+@pytest.mark.slow
 def test_report_from_saved_runs(runs, tmp_path):
     plots = tmp_path / "plots"
     result = run_script("report.py", "--runs-dir", runs, "--plot-dir", plots, timeout=300)
@@ -65,8 +66,8 @@ def test_report_from_saved_runs(runs, tmp_path):
     assert not (plots / "task3c_before.png").exists()  # drawn only inside the 3c comparison
 
 
+@pytest.mark.slow
 def test_task3_comparisons_are_drawn(runs, tmp_path):
-    pytest.importorskip("task3_compare")
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     assert (plots / "task3_comparison.png").stat().st_size > 10_000
@@ -86,6 +87,7 @@ def test_truncated_history_is_a_clear_error_and_the_rest_is_drawn(runs, tmp_path
     assert not (plots / "task3_model2.png").exists()
 
 
+@pytest.mark.slow
 def test_empty_history_is_refused_not_drawn_empty(runs, tmp_path):
     write_json({"train_loss": {"steps": [], "values": []}, "validation": []},
                runs / "task2" / "history.json")
@@ -107,6 +109,7 @@ def test_missing_runs_dir_and_unwritable_plot_dir(tmp_path):
         report.main(["--runs-dir", str(tmp_path / "runs"), "--plot-dir", str(blocker / "plots")])
 
 
+@pytest.mark.slow
 def test_metrics_without_splits_is_a_clear_error(runs, tmp_path):
     (runs / "task2" / "metrics.json").write_text(json.dumps({"wall_seconds": 1}))
     with pytest.raises(UserError):
@@ -114,6 +117,7 @@ def test_metrics_without_splits_is_a_clear_error(runs, tmp_path):
     assert "lacks train/validation/test" in (tmp_path / "plots" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypatch):
     from PIL import Image
     from torchvision.models import resnet18
@@ -140,6 +144,7 @@ def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypat
     assert "Redrawn" in (plots / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_run_in_progress_is_named(runs, tmp_path):
     import runs as runs_module
 
@@ -152,6 +157,7 @@ def test_run_in_progress_is_named(runs, tmp_path):
     assert "task4a is being trained right now" in (tmp_path / "plots" / "report.md").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage, expected", [
     (lambda m: m["test"].update(accuracy="0.9"), "test accuracy is '0.9', not a number"),
     (lambda m: m["validation"].update(loss=None), "validation loss is None, not a number"),
@@ -171,6 +177,7 @@ def test_a_metrics_file_with_wrong_types_is_named_and_the_rest_is_produced(runs,
     assert "0.612 / 0.739" in text and (plots / "task2.png").exists()   # everything else is there
 
 
+@pytest.mark.slow
 def test_a_config_with_wrong_types_is_named(runs, tmp_path):
     (runs / "task2" / "config.json").write_text(json.dumps({"name": "task2", "settings": "lr=0.05"}))
     plots = tmp_path / "plots"
@@ -179,6 +186,7 @@ def test_a_config_with_wrong_types_is_named(runs, tmp_path):
     assert "runs/task2/config.json is damaged: 'settings' is not an object" in (plots / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_in_progress_is_drawn_and_marked(runs, tmp_path):
     (runs / "task3_model2" / "metrics.json").unlink()
     (runs / "task3_model2" / "last.pt").write_bytes(b"stand-in")
@@ -189,6 +197,7 @@ def test_a_run_in_progress_is_drawn_and_marked(runs, tmp_path):
     assert (plots / "task3_model2.png").stat().st_size > 10_000      # drawn as far as it got
 
 
+@pytest.mark.slow
 def test_confusion_figure_and_most_confused_pairs(runs, tmp_path):
     import dataloaders
 
@@ -206,6 +215,7 @@ def test_confusion_figure_and_most_confused_pairs(runs, tmp_path):
     assert "Most confused: cat taken for dog (40 images)" in (plots / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_runs_that_differ_only_by_seed_are_summarised(runs, tmp_path):
     for seed, accuracy in ((0, 0.60), (1, 0.62), (2, 0.64)):
         fake_run(runs, "task2", "Task 2", accuracy, seed=seed, directory=f"task2-seed{seed}")
@@ -229,6 +239,7 @@ def figure_links(markdown: str) -> list[str]:
     return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
 
 
+@pytest.mark.slow
 def test_report_is_portable_self_contained_and_follows_the_assignment(runs, tmp_path):
     import re
     import shutil
@@ -258,6 +269,7 @@ def test_report_is_portable_self_contained_and_follows_the_assignment(runs, tmp_
         assert width <= 7 * 72, png.name                              # at most 7 in wide, as vector too
 
 
+@pytest.mark.slow
 def test_runs_that_are_not_the_real_thing_say_so_in_rows(runs, tmp_path):
     config_path = runs / "task3_model2" / "config.json"
     config = json.loads(config_path.read_text())
@@ -286,6 +298,7 @@ def test_caveats_name_every_kind_of_not_real_run():
     assert runs_module.caveats(full) == []
 
 
+@pytest.mark.slow
 def test_a_smoke_run_elsewhere_never_replaces_the_real_figure(folder_data, tmp_path):
     import runs as runs_module
 
@@ -319,6 +332,7 @@ def test_figure_goes_to_plots_only_for_the_tasks_own_folder(tmp_path):
     assert runs_module.figure_path(tmp_path / "x", "task2", tmp_path / "p") == tmp_path / "p" / "task2.png"
 
 
+@pytest.mark.slow
 def test_train_missing_trains_in_order_then_writes_the_report(runs, tmp_path, monkeypatch, capsys):
     calls = []
 
@@ -374,6 +388,7 @@ def test_metrics_out_of_range_or_with_bad_class_tables_are_damaged(runs, damage,
         runs_module.read_run(runs / "task2")
 
 
+@pytest.mark.slow
 def test_a_confusion_matrix_of_three_classes_is_named_and_the_rest_is_produced(runs, tmp_path):
     path = runs / "task2" / "metrics.json"
     metrics = with_classes(json.loads(path.read_text()))
@@ -387,6 +402,7 @@ def test_a_confusion_matrix_of_three_classes_is_named_and_the_rest_is_produced(r
     assert "0.723 / 0.810" in text and (plots / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_a_lock_that_cannot_be_opened_counts_as_not_training(runs, tmp_path):
     (runs / "task4a" / ".lock").mkdir()            # opening it fails, as on a read-only mount or another user's
     plots = tmp_path / "plots"
@@ -410,6 +426,7 @@ def test_layer_table_from_the_model_repr_in_config():
         ["1", "Flatten", "start_dim=1, end_dim=-1"], ["2", "Linear", "in_features=8, out_features=10, bias=True"]]
 
 
+@pytest.mark.slow
 def test_a_task4b_figure_of_random_weights_is_marked_in_the_report(runs, tmp_path, monkeypatch):
     from PIL import Image
 
@@ -428,6 +445,7 @@ def test_a_task4b_figure_of_random_weights_is_marked_in_the_report(runs, tmp_pat
     assert "![First-layer filters and activations on photo.jpg (random weights)](task4b.png)" in section
 
 
+@pytest.mark.slow
 def test_a_config_whose_defaults_or_model_is_not_an_object_is_named(runs, tmp_path):
     for name, section in (("task2", "defaults"), ("task3_model2", "model")):
         config = json.loads((runs / name / "config.json").read_text())
@@ -442,6 +460,7 @@ def test_a_config_whose_defaults_or_model_is_not_an_object_is_named(runs, tmp_pa
     assert "0.723 / 0.810" in text  # Model 1, undamaged, is reported
 
 
+@pytest.mark.slow
 def test_a_run_set_aside_by_an_interrupted_overwrite_is_reported(runs, tmp_path):
     """--overwrite killed before its first checkpoint: the finished run waits in .previous-run/ until the
     next start of its script puts it back; the report reads it there, not "missing"."""

@@ -14,47 +14,14 @@ import time
 import pytest
 import torch
 
-import cli
 import runs
 import task2
 import task3_model1
-from conftest import ROOT, run_script
+from helpers import (ONE_THREAD, ROOT, TINY, fail_at_step, one_line_error, outcome, run_script, snapshot,
+                     task2_args, tiny_trainer)
 from runs import read_run
 from trainer import TrainConfig, Trainer, TrainingDiverged
 from utils import UserError, load_checkpoint, read_json, write_json
-
-# Four epochs of 10 steps and 8 validations; CPU fp32, so runs are bit-for-bit repeatable. The
-# signal tests interrupt after the first checkpoint (step 5): the rest of the run must outlast
-# their 20 ms polling even on a fast, idle machine.
-# The thread count changes how a CPU sums (so the last bits of the numbers): the runs compared share it.
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-TINY = ["--epochs", "4", "--batch-size", "16", "--subset", "160", "--precision", "fp32",
-        "--device", "cpu", "--seed", "0"]
-
-
-def outcome(entry, argv, capsys):
-    """(exit code, stderr) of `entry` run through cli.main, as the command line would end."""
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        with pytest.raises(SystemExit) as ended:
-            cli.main(entry, [str(a) for a in argv])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    return ended.value.code, capsys.readouterr().err
-
-
-def task2_args(data, run_dir, plot_dir, *extra):
-    return ["--data-dir", data, "--run-dir", run_dir, "--plot-dir", plot_dir, *TINY, *extra]
-
-
-def snapshot(run_dir):
-    return {p.name: p.read_bytes() for p in sorted(run_dir.iterdir()) if p.is_file() and p.name != ".lock"}
-
-
-def one_line_error(stderr: str) -> bool:
-    lines = [line for line in stderr.strip().splitlines() if line.startswith("error:")]
-    return len(lines) == 1 and "Traceback" not in stderr
-
 
 # ---------------------------------------------------------------- invalid hyperparameters
 
@@ -74,10 +41,10 @@ def test_invalid_flags_exit_2_and_create_nothing(flags, tmp_path, capsys):
     assert not run_dir.exists() and not plot_dir.exists()
 
 
-def test_invalid_flag_from_the_command_line(tmp_path):
-    result = run_script("task2.py", "--lr", "-1", "--run-dir", tmp_path / "run")
-    assert result.returncode == 2
-    assert "--lr: -1 is out of range: must be > 0" in result.stderr
+def test_an_invalid_flag_is_named_with_its_range(tmp_path, capsys):
+    code, stderr = outcome(task2.main, ["--lr", "-1", "--run-dir", tmp_path / "run"], capsys)
+    assert code == 2 and one_line_error(stderr)
+    assert "--lr: -1 is out of range: must be > 0" in stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -154,6 +121,7 @@ def same_results(resumed, reference):
     assert resumed["history"]["train_loss"] == reference["history"]["train_loss"]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_an_uninterrupted_run(folder_data, tmp_path, uninterrupted, capsys):
     run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
     code, _ = start_and_signal(folder_data, run_dir, plot_dir, signal.SIGKILL)
@@ -169,6 +137,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(folder_data, tmp_path,
     same_results(read_run(run_dir), uninterrupted[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_saves_and_exits_130(sig, folder_data, tmp_path):
     # That a run resumed after such a stop is exact is checked in-process further down.
@@ -181,6 +150,7 @@ def test_ctrl_c_or_sigterm_saves_and_exits_130(sig, folder_data, tmp_path):
 
 # ---------------------------------------------------------------- resuming the wrong thing
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry, extra, code, says", [
     (task2.main, ["--lr", "0.01"], 2, "was made with --lr=0.05, not --lr=0.01; drop --lr"),  # before the data loads
     (task2.main, ["--batch-size", "32"], 2, "was made with --batch-size=16, not --batch-size=32"),
@@ -217,6 +187,7 @@ def test_corrupt_checkpoint_is_named(folder_data, tmp_path, capsys):
     assert (run_dir / "last.pt").read_bytes().startswith(b"PK")  # left for the user to inspect
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_a_user_error(tmp_path, uninterrupted):
     path = tmp_path / "best.pt"
     path.write_bytes((uninterrupted[1] / "best.pt").read_bytes()[:5000])
@@ -287,6 +258,7 @@ def test_second_run_into_a_busy_run_dir_refuses(folder_data, tmp_path, capsys):
 
 # ---------------------------------------------------------------- the report reads real runs
 
+@pytest.mark.slow
 def test_report_reads_a_real_run(uninterrupted, tmp_path):
     import report
 
@@ -302,17 +274,6 @@ def test_report_reads_a_real_run(uninterrupted, tmp_path):
 
 
 # ---------------------------------------------------------------- Ctrl-C at the worst moment
-
-def tiny_trainer(folder_data, run_dir):
-    import dataloaders
-    from torch import nn
-
-    torch.manual_seed(0)
-    loaders = dataloaders.load_cifar10(16, 0.1, seed=0, data_dir=folder_data, subset=160)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, 10))
-    config = TrainConfig(epochs=2, lr=0.01, momentum=0.9, optimizer="sgd", precision="fp32")
-    return Trainer(model, *loaders, config, run_dir, "cpu")
-
 
 @pytest.mark.parametrize("where", ["optimizer step", "validation"])
 def test_ctrl_c_mid_step_or_mid_validation_resumes_exactly(where, folder_data, tmp_path):
@@ -378,6 +339,7 @@ def copy_run(source, run_dir):
     return run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which, content, action", [
     ("last.pt", [1, 2], "--resume"), ("last.pt", {"weights": torch.zeros(2)}, "--resume"),
     ("last.pt", "best.pt", "--resume"), ("last.pt", {"model": {}, "best": 3}, "--resume"),
@@ -417,7 +379,6 @@ def test_task4_checkpoint_that_is_not_ours_is_named(script, tmp_path, capsys):
 def test_second_ctrl_c_while_saving_says_which_step_is_kept(file, folder_data, tmp_path, capsys, monkeypatch):
     """First Ctrl-C in step 7 (last.pt then holds step 5); the second lands while last.pt is written (or,
     at the validation of step 10, while the new best.pt is)."""
-    from test_keep_results import fail_at_step
     run_dir = tmp_path / "run"
     real_save = torch.save
 

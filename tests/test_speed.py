@@ -1,18 +1,16 @@
 """Precision and memory layout: what `auto` picks, that reduced precision still learns, the benchmark."""
 import json
 import re
-import signal
 import subprocess
 import sys
 
 import pytest
 import torch
 
-import cli
 import dataloaders
 import hardware
 import task2
-from conftest import ROOT, run_script, synthetic_images
+from helpers import ROOT, exit_code, outcome, run_script, synthetic_images
 from hardware import resolve_precision
 from trainer import TrainConfig, Trainer
 
@@ -61,27 +59,16 @@ def test_channels_last_where_it_helps():
     assert not hardware.uses_channels_last("fp32", CPU)
 
 
-def run_task2(*argv):
-    """task2.py in this process, through cli.main as on the command line."""
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        cli.main(task2.main, [str(a) for a in argv])
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def test_fp16_on_a_cpu_is_one_clear_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as ended:
-        run_task2("--device", "cpu", "--precision", "fp16", "--run-dir", tmp_path / "run",
-                  "--plot-dir", tmp_path / "plots")
-    err = capsys.readouterr().err
-    assert ended.value.code == 2 and "error: --precision fp16 is for GPUs" in err and "Traceback" not in err
+    code, err = outcome(task2.main, ["--device", "cpu", "--precision", "fp16", "--run-dir", tmp_path / "run",
+                                     "--plot-dir", tmp_path / "plots"], capsys)
+    assert code == 2 and "error: --precision fp16 is for GPUs" in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 
 
 def test_the_run_config_says_what_auto_chose(folder_data, tmp_path):
-    run_task2("--data-dir", folder_data, "--device", "cpu", "--precision", "auto", "--max-steps", "2",
-              "--batch-size", "16", "--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots")
+    assert exit_code(task2.main, "--data-dir", folder_data, "--device", "cpu", "--precision", "auto", "--max-steps",
+                     "2", "--batch-size", "16", "--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots") == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     chosen, why = resolve_precision("auto", CPU)
     assert config["settings"]["precision"] == "auto"
@@ -134,6 +121,7 @@ def test_project_batches_give_the_starter_pipelines_outputs(monkeypatch):
     assert not torch.equal(logits, expected), "bf16 autocast did not take effect"
 
 
+@pytest.mark.slow
 def test_benchmark_prints_the_ratios_last(tmp_path):
     result = run_script("benchmark.py", "--seconds", "0.3", "--rounds", "1", "--warmup", "1", timeout=240)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -169,6 +157,7 @@ print(kept, faults_of_one_big_tensor())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt and page-fault counts")
 @pytest.mark.parametrize("keep", [False, True])
 def test_freed_activation_memory_is_reused_without_page_faults(keep):

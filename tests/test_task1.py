@@ -1,10 +1,11 @@
+import pytest
 """Task 1: the theory answers come from computation and match the report."""
 import torch
 from torch import nn
 
 import task1
 import task2
-from conftest import run_script
+from helpers import run_script
 
 
 def test_convolution_loop_matches_conv2d_on_random_inputs():
@@ -45,6 +46,7 @@ def test_size_helpers_follow_the_formula():
     assert task1.kernel_for(32, 28) == 5
 
 
+@pytest.mark.slow
 def test_script_prints_every_answer():
     result = run_script("task1.py", timeout=60)
     assert result.returncode == 0, result.stderr

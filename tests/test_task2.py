@@ -1,9 +1,11 @@
+import pytest
 """Task 2 end to end: the model of the report and a tiny run of the real script."""
 import json
 
 import torch
 
-from conftest import REPEATABLE, run_script
+import task2
+from helpers import REPEATABLE, exit_code, one_line_error, outcome, run_script
 from task2 import Task2Model
 
 
@@ -27,6 +29,7 @@ def run_task2(folder_data, tmp_path, *extra):
                       "--plot-dir", tmp_path / "plots", *extra)
 
 
+@pytest.mark.slow
 def test_tiny_run_writes_figure_metrics_and_config(folder_data, tmp_path):
     result = run_task2(folder_data, tmp_path)
     assert result.returncode == 0, result.stderr
@@ -44,6 +47,7 @@ def test_tiny_run_writes_figure_metrics_and_config(folder_data, tmp_path):
     assert "test" in result.stdout and f"{metrics['test']['accuracy']:.3f}" in result.stdout
 
 
+@pytest.mark.slow
 def test_same_seed_gives_same_metrics(folder_data, tmp_path):
     first = run_task2(folder_data, tmp_path / "a")
     second = run_task2(folder_data, tmp_path / "b")
@@ -52,18 +56,19 @@ def test_same_seed_gives_same_metrics(folder_data, tmp_path):
     assert all(a[split] == b[split] for split in ("train", "validation", "test"))
 
 
-def test_help_lists_the_contract_flags():
-    result = run_script("task2.py", "--help")
-    assert result.returncode == 0
+@pytest.mark.slow
+def test_help_lists_the_contract_flags(capsys):
+    assert exit_code(task2.main, "--help") == 0
+    out = capsys.readouterr().out
     for flag in ("--data-dir", "--seed", "--epochs", "--batch-size", "--lr", "--early-stop-count",
                  "--max-steps", "--run-dir", "--device", "--resume", "--precision"):
-        assert flag in result.stdout
+        assert flag in out
 
 
-def test_missing_data_is_one_clear_line(tmp_path):
-    result = run_script("task2.py", "--data-dir", tmp_path / "none", "--run-dir", tmp_path / "run",
-                        "--plot-dir", tmp_path / "plots")
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
+@pytest.mark.slow
+def test_missing_data_is_one_clear_line(tmp_path, capsys):
+    code, err = outcome(task2.main, ["--data-dir", tmp_path / "none", "--run-dir", tmp_path / "run",
+                                     "--plot-dir", tmp_path / "plots"], capsys)
+    assert code == 1 and one_line_error(err)
+    last = err.strip().splitlines()[-1]
     assert last.startswith("error: no CIFAR-10 found") and "--data-dir" in last
-    assert "Traceback" not in result.stderr

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import task3_compare
-from conftest import run_script
+from helpers import exit_code, run_script
 from task3_model1 import Model1
 from task3_model2 import Model2
 from utils import write_json
@@ -57,6 +57,7 @@ def test_activation_is_selectable():
     assert not any(isinstance(m, nn.ReLU) for m in Model2(activation="gelu").modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, extra, name", [
     ("task3_model1.py", ["--optimizer", "adam", "--lr", "0.001", "--weight-decay", "1e-4"], "task3_model1"),
     ("task3_model2.py", ["--activation", "leaky_relu"], "task3_model2"),
@@ -98,10 +99,11 @@ def test_comparison_and_table_from_saved_runs(tmp_path):
     assert (tmp_path / "plots" / "task3c_deepening.png").exists()
 
 
-def test_missing_run_names_the_script(tmp_path):
+@pytest.mark.slow
+def test_missing_run_names_the_script(tmp_path, capsys):
     fake_run(tmp_path / "runs" / "task3_model1", 0.81)
-    result = run_script("task3_compare.py", "--runs-dir", tmp_path / "runs", "--plot-dir", tmp_path / "plots")
-    assert result.returncode == 1
-    assert "make it with `python task3_model2.py`" in result.stdout
-    assert "make it with `python task3_model1.py --convs-per-stage 1`" in result.stdout
-    assert result.stderr.strip().startswith("error: some Task 3 runs are missing")
+    assert exit_code(task3_compare.main, "--runs-dir", tmp_path / "runs", "--plot-dir", tmp_path / "plots") == 1
+    out, err = capsys.readouterr()
+    assert "make it with `python task3_model2.py`" in out
+    assert "make it with `python task3_model1.py --convs-per-stage 1`" in out
+    assert err.strip().startswith("error: some Task 3 runs are missing")

@@ -6,7 +6,7 @@ import torch
 
 import dataloaders
 import task3d
-from conftest import REPEATABLE, run_script
+from helpers import REPEATABLE, outcome, run_script
 from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, FitWhitening, FreezeWhiteningBias, Task3dModel,
                     WhiteningConv, lr_factor, predict_with_tta)
 from trainer import TrainConfig, Trainer
@@ -239,6 +239,7 @@ def _tiny_run(folder_data, tmp_path, name):
     return result, json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
     result, metrics = _tiny_run(folder_data, tmp_path, "a")
     assert "WhiteningConv" in result.stdout and "ShiftOnlyBatchNorm" in result.stdout
@@ -253,10 +254,11 @@ def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
     assert again["test"] == metrics["test"] and again["train"] == metrics["train"]
 
 
-def test_bad_label_smoothing_or_crop_padding_is_a_usage_error(folder_data, tmp_path):
-    result = run_script("task3d.py", "--data-dir", folder_data, "--label-smoothing", "1.5",
-                        "--run-dir", tmp_path / "r")
-    assert result.returncode == 2 and "label-smoothing" in result.stderr
-    result = run_script("task3d.py", "--data-dir", folder_data, "--crop-padding", "32",
-                        "--run-dir", tmp_path / "r")
-    assert result.returncode == 2 and "--crop-padding 32 is out of range" in result.stderr
+@pytest.mark.slow
+def test_bad_label_smoothing_or_crop_padding_is_a_usage_error(folder_data, tmp_path, capsys):
+    code, err = outcome(task3d.main, ["--data-dir", folder_data, "--label-smoothing", "1.5", "--run-dir", tmp_path / "r"],
+                        capsys)
+    assert code == 2 and "label-smoothing" in err
+    code, err = outcome(task3d.main, ["--data-dir", folder_data, "--crop-padding", "32", "--run-dir", tmp_path / "r"],
+                        capsys)
+    assert code == 2 and "--crop-padding 32 is out of range" in err

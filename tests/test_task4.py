@@ -18,7 +18,7 @@ import resnet
 import task4a
 import task4b
 import task4c
-from conftest import ZEBRA, run_script
+from helpers import ZEBRA, exit_code, run_script
 from utils import UserError
 
 
@@ -44,15 +44,6 @@ def photo(tmp_path_factory):
     path = tmp_path_factory.mktemp("photo") / "stripes.png"
     Image.fromarray(pixels).save(path)
     return path
-
-
-def run_cli(module, *argv):
-    """Run a script's main through cli.main in-process; returns the exit code (0 when it returns)."""
-    try:
-        cli.main(module.main, [str(a) for a in argv])
-    except SystemExit as exit_:
-        return exit_.code
-    return 0
 
 
 def image_panels(figure):
@@ -101,6 +92,7 @@ def tiny_run(folder_data, tmp_path_factory):
     return result, out
 
 
+@pytest.mark.slow
 def test_task4a_tiny_run_writes_metrics_figure_and_config(tiny_run):
     result, out = tiny_run
     assert result.returncode == 0, result.stderr
@@ -117,6 +109,7 @@ def test_task4a_tiny_run_writes_metrics_figure_and_config(tiny_run):
     assert config["model"]["trainable_parameters"] == expected < config["model"]["parameters"]
 
 
+@pytest.mark.slow
 def test_task4a_checkpoint_feeds_4b_and_4c(tiny_run, photo):
     result, out = tiny_run
     assert result.returncode == 0, result.stderr
@@ -128,12 +121,12 @@ def test_task4a_checkpoint_feeds_4b_and_4c(tiny_run, photo):
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
     assert model.fc.out_features == 10 and not model.training
     for module, name in ((task4b, "task4b.png"), (task4c, "task4c.png")):
-        assert run_cli(module, "--image", photo, "--checkpoint", best, "--plot-dir", out / "ck") == 0
+        assert exit_code(module.main, "--image", photo, "--checkpoint", best, "--plot-dir", out / "ck") == 0
         assert (out / "ck" / name).is_file()
 
 
 def test_task4a_rejects_tiny_image_size(folder_data, tmp_path, capsys):
-    assert run_cli(task4a, "--data-dir", folder_data, "--weights", "none", "--image-size", 8,
+    assert exit_code(task4a.main, "--data-dir", folder_data, "--weights", "none", "--image-size", 8,
                    "--run-dir", tmp_path) == 2
     assert "--image-size 8 is too small" in capsys.readouterr().err
 
@@ -155,7 +148,7 @@ def test_offline_imagenet_weights_error_names_file_folder_and_alternatives(torch
 
 
 def test_offline_error_from_the_command_line_is_one_line(torch_home, tmp_path, photo, capsys):
-    assert run_cli(task4b, "--image", photo, "--plot-dir", tmp_path) == 1
+    assert exit_code(task4b.main, "--image", photo, "--plot-dir", tmp_path) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
     last = err.splitlines()[-1]  # torch.hub announces the download attempt on the line before
@@ -205,7 +198,7 @@ def test_bad_state_dict_files(tmp_path):
 
 def test_bad_weights_file_exits_with_one_line(tmp_path, photo, capsys):
     torch.save({"a": torch.zeros(1)}, tmp_path / "other.pth")
-    assert run_cli(task4c, "--image", photo, "--weights", tmp_path / "other.pth", "--plot-dir", tmp_path) == 1
+    assert exit_code(task4c.main, "--image", photo, "--weights", tmp_path / "other.pth", "--plot-dir", tmp_path) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --weights") and "\n" not in err and "Traceback" not in err
 
@@ -233,7 +226,7 @@ def not_an_image(folder):
 def test_bad_images_exit_with_one_line(tmp_path, capsys, make, message):
     path = make(tmp_path)
     for module in (task4b, task4c):
-        assert run_cli(module, "--image", path, "--weights", "none", "--plot-dir", tmp_path) == 1
+        assert exit_code(module.main, "--image", path, "--weights", "none", "--plot-dir", tmp_path) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and "\n" not in err
 
@@ -246,12 +239,12 @@ def test_default_image_missing_says_where_to_put_it(tmp_path):
 
 
 def test_out_of_range_index_and_count_are_argument_errors(tmp_path, photo, capsys):
-    assert run_cli(task4b, "--image", photo, "--weights", "none", "--indices", 3, 64) == 2
+    assert exit_code(task4b.main, "--image", photo, "--weights", "none", "--indices", 3, 64) == 2
     assert "--indices 64 out of range" in capsys.readouterr().err
-    assert run_cli(task4b, "--image", photo, "--weights", "none", "--indices", -1) == 2
-    assert run_cli(task4c, "--image", photo, "--weights", "none", "--count", 513) == 2
+    assert exit_code(task4b.main, "--image", photo, "--weights", "none", "--indices", -1) == 2
+    assert exit_code(task4c.main, "--image", photo, "--weights", "none", "--count", 513) == 2
     assert "--count 513 out of range" in capsys.readouterr().err
-    assert run_cli(task4c, "--image", photo, "--weights", "none", "--count", 0) == 2
+    assert exit_code(task4c.main, "--image", photo, "--weights", "none", "--count", 0) == 2
 
 
 # ---------------------------------------------------------------- 4b and 4c figures
@@ -275,12 +268,13 @@ def test_first_layer_filters_and_activations(image_path, photo, tmp_path):
     assert [p.get_title() for p in panels[:5]] == [f"filter {i}" for i in (14, 26, 32, 49, 52)]
     assert panels[0].images[0].get_array().shape == (7, 7, 3)
     assert panels[5].images[0].get_array().shape == (112, 112)
-    assert run_cli(task4b, "--image", image_path, "--weights", "none", "--plot-dir", tmp_path,
+    assert exit_code(task4b.main, "--image", image_path, "--weights", "none", "--plot-dir", tmp_path,
                    "--indices", 0, 63, 5) == 0
     with Image.open(tmp_path / "task4b.png") as png:
         assert png.width > png.height  # three columns, two rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_path", images_to_test())
 def test_last_stage_activations(image_path, photo, tmp_path):
     image_path = image_path or photo
@@ -295,5 +289,5 @@ def test_last_stage_activations(image_path, photo, tmp_path):
     figure = task4c.make_figure(activations, 10)
     assert len(image_panels(figure)) == 10 and len(figure.axes) == 10
     assert len(image_panels(task4c.make_figure(activations, 7))) == 7
-    assert run_cli(task4c, "--image", image_path, "--weights", "none", "--plot-dir", tmp_path) == 0
+    assert exit_code(task4c.main, "--image", image_path, "--weights", "none", "--plot-dir", tmp_path) == 0
     assert (tmp_path / "task4c.png").is_file()

@@ -89,13 +89,6 @@ def test_final_evaluation_covers_every_image(folder_data, tmp_path):
     assert set(utils.read_json(tmp_path / "metrics.json")) >= {"train", "validation", "test", "steps"}
 
 
-def test_training_reduces_the_loss(folder_data, tmp_path):
-    trainer = make_trainer(folder_data, tmp_path, epochs=3)
-    trainer.train()
-    losses = [v["loss"] for v in trainer.history["validation"]]
-    assert losses[-1] < losses[0]
-
-
 @pytest.mark.parametrize("failure", [
     OSError(errno.ENOSPC, "No space left on device"),
     # what torch.save raises when the disk fills up under it
@@ -217,28 +210,6 @@ def test_resume_can_extend_the_epoch_budget(folder_data, tmp_path):
     extended.train()
     for name, tensor in final_weights(reference).items():
         assert torch.equal(tensor, extended.model.state_dict()[name]), name
-
-
-def test_resume_with_other_settings_is_refused(folder_data, tmp_path):
-    make_trainer(folder_data, tmp_path, max_steps=3).train()
-    with pytest.raises(utils.UserError, match="lr: 0.05 -> 0.1"):
-        make_trainer(folder_data, tmp_path, lr=0.1).resume()
-    wider = nn.Sequential(nn.Conv2d(3, 8, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
-    with pytest.raises(utils.UserError, match="model"):
-        make_trainer(folder_data, tmp_path, model=wider).resume()
-
-
-def test_resume_without_checkpoint_is_refused(folder_data, tmp_path):
-    with pytest.raises(utils.UserError, match="nothing to resume"):
-        make_trainer(folder_data, tmp_path).resume()
-
-
-def test_divergence_stops_at_once_and_keeps_checkpoints(folder_data, tmp_path):
-    trainer = make_trainer(folder_data, tmp_path, lr=1e6, epochs=5)
-    with pytest.raises(utils.UserError, match="diverged"):
-        trainer.train()
-    history = utils.read_json(tmp_path / "history.json")
-    assert not all(map(lambda v: v == v and abs(v) < float("inf"), history["train_loss"]["values"]))
 
 
 def test_resuming_an_early_stopped_run_trains_no_further(folder_data, tmp_path, monkeypatch):

@@ -13,8 +13,7 @@ import task2
 import task3d
 import utils
 from runs import read_run
-from test_keep_results import fail_at_step, run
-from test_robustness import one_line_error, snapshot, task2_args
+from helpers import exit_code, fail_at_step, one_line_error, outcome, snapshot, task2_args
 from trainer import TrainConfig, Trainer
 
 
@@ -27,14 +26,11 @@ def rows(path):
 def tiny(folder_data, tmp_path_factory):
     """A finished tiny Task 2 run (four epochs, eight validations), in-process."""
     base = tmp_path_factory.mktemp("tiny")
-    with pytest.MonkeyPatch.context():
-        try:
-            cli.main(task2.main, list(map(str, task2_args(folder_data, base / "run", base / "plots"))))
-        except SystemExit as exit_:
-            assert exit_.code in (0, None)
+    assert exit_code(task2.main, *task2_args(folder_data, base / "run", base / "plots")) == 0
     return base / "run"
 
 
+@pytest.mark.slow
 def test_metrics_csv_has_a_row_per_validation(tiny):
     table, history = rows(tiny / "metrics.csv"), read_run(tiny)["history"]
     assert list(table[0]) == list(monitor.CSV_COLUMNS)
@@ -115,13 +111,11 @@ def test_per_class_results_and_confusion_matrices(tiny):
     assert "confusion" not in metrics["train"]
 
 
+@pytest.mark.slow
 def test_seeds_run_one_folder_each_and_print_mean_and_spread(folder_data, tmp_path, capsys):
     base = tmp_path / "run"
-    try:
-        cli.main(task2.main, list(map(str, [*task2_args(folder_data, base, tmp_path / "plots"), "--max-steps", "5",
-                                            "--seeds", "3", "7"])))
-    except SystemExit as exit_:
-        assert exit_.code in (0, None)
+    assert exit_code(task2.main, *task2_args(folder_data, base, tmp_path / "plots"), "--max-steps", "5",
+                     "--seeds", "3", "7") == 0
     out = capsys.readouterr().out
     assert "over 2 seeds (3, 7): mean ± sample std" in out and "test accuracy" in out
     results = {seed: read_run(tmp_path / f"run-seed{seed}") for seed in (3, 7)}
@@ -138,7 +132,7 @@ def test_seed_summary_gives_mean_and_sample_std_and_every_value():
 
 
 def test_deterministic_is_recorded(folder_data, tmp_path, capsys):
-    code, _ = run(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--max-steps", "3",
+    code, _ = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--max-steps", "3",
                                "--deterministic"], capsys)
     assert code == 0
     config = read_run(tmp_path / "run")["config"]
@@ -151,7 +145,7 @@ def test_evaluate_only_reproduces_the_final_numbers_and_changes_nothing_else(fol
     import shutil
     shutil.copytree(tiny, tmp_path / "run")
     before = snapshot(tmp_path / "run")
-    code, _ = run(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only"],
+    code, _ = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only"],
                   capsys)
     assert code == 0
     after = snapshot(tmp_path / "run")
@@ -165,10 +159,10 @@ def test_evaluate_only_reproduces_the_final_numbers_and_changes_nothing_else(fol
 
 
 def test_evaluate_only_without_or_with_a_mismatched_checkpoint(folder_data, tiny, tmp_path, capsys):
-    code, stderr = run(task2.main, [*task2_args(folder_data, tmp_path / "empty", tmp_path / "plots"),
+    code, stderr = outcome(task2.main, [*task2_args(folder_data, tmp_path / "empty", tmp_path / "plots"),
                                     "--evaluate-only"], capsys)
     assert code == 1 and one_line_error(stderr) and "nothing to evaluate" in stderr and "best.pt" in stderr
-    code, stderr = run(task2.main, [*task2_args(folder_data, tiny, tmp_path / "plots"), "--evaluate-only",
+    code, stderr = outcome(task2.main, [*task2_args(folder_data, tiny, tmp_path / "plots"), "--evaluate-only",
                                     "--lr", "0.3"], capsys)
     assert code == 2 and one_line_error(stderr) and "was made with --lr=0.05, not --lr=0.3" in stderr
     assert not (tiny / "evaluation.json").exists()
@@ -176,15 +170,16 @@ def test_evaluate_only_without_or_with_a_mismatched_checkpoint(folder_data, tiny
     import shutil
     shutil.copytree(tiny, tmp_path / "run")
     (tmp_path / "run" / "config.json").unlink()
-    code, stderr = run(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only",
+    code, stderr = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only",
                                     "--lr", "0.3"], capsys)
     assert code == 1 and one_line_error(stderr) and "cannot evaluate" in stderr and "lr: 0.05 -> 0.3" in stderr
     assert not (tmp_path / "run" / "evaluation.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard is not installed")
 def test_tensorboard_writes_event_files(folder_data, tmp_path, capsys):
-    code, _ = run(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--max-steps", "5",
+    code, _ = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--max-steps", "5",
                                "--tensorboard"], capsys)
     assert code == 0
     events = list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
@@ -198,6 +193,6 @@ def test_tensorboard_writes_event_files(folder_data, tmp_path, capsys):
 def test_tensorboard_missing_is_one_line_saying_how_to_install_it(tmp_path, capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
-    code, stderr = run(task2.main, ["--tensorboard", "--run-dir", tmp_path / "run"], capsys)
+    code, stderr = outcome(task2.main, ["--tensorboard", "--run-dir", tmp_path / "run"], capsys)
     assert code == 2 and one_line_error(stderr) and "pip install tensorboard" in stderr
     assert not (tmp_path / "run").exists()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 
-from utils import batch_accuracy
 
 # Eager steps before each capture: cuDNN times its kernels (benchmark mode), the optimizer creates its
 # state, and the caching allocator settles. Capturing any of that would fail or bake it in.
@@ -33,11 +32,13 @@ def can_capture(optimizer: torch.optim.Optimizer, precision: str, distributed: b
 
 
 class GraphedStep:
-    """trainer.train_step as a CUDA graph, re-captured when the batch shape or the set of trained
-    parameters changes (e.g. a layer frozen part-way through training)."""
+    """A training step `step(images, labels, cache_enabled)` (forward, backward and update of `optimizer`'s
+    parameters, returning the loss and the batch accuracy on the device) as a CUDA graph, re-captured when the
+    batch shape or the set of trained parameters of `model` changes (e.g. a layer frozen part-way through
+    training)."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, step, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.step, self.model, self.optimizer = step, model, optimizer
         self.graph = None
         self.key = None
         self.steps_with_key = 0
@@ -45,10 +46,9 @@ class GraphedStep:
         self.stream = None
 
     def _key(self, images, labels):
-        return (images.shape, images.dtype, labels.shape,
-                tuple(p.requires_grad for p in self.trainer.model.parameters()))
+        return (images.shape, images.dtype, labels.shape, tuple(p.requires_grad for p in self.model.parameters()))
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         key = self._key(images, labels)
         if key != self.key:
             self.graph, self.key, self.steps_with_key = None, key, 0
@@ -62,15 +62,6 @@ class GraphedStep:
         self.graph.replay()
         return self.loss.clone(), self.accuracy.clone()
 
-    def _forward_backward_update(self, images, labels, cache_enabled: bool):
-        trainer = self.trainer
-        with trainer.autocast(cache_enabled=cache_enabled):
-            logits = trainer.network(trainer.prepare(images))
-            loss = trainer.loss_fn(logits, labels)
-        loss.backward()
-        trainer.optimizer.step()
-        return loss.detach(), batch_accuracy(logits, labels)
-
     def _eager(self, images, labels):
         # On a side stream, as CUDA graphs want their warm-up (PyTorch's whole-network capture recipe).
         self.stream = self.stream or torch.cuda.Stream()
@@ -81,19 +72,19 @@ class GraphedStep:
             # it reuses no block before that stream is done with it.
             images.record_stream(self.stream)
             labels.record_stream(self.stream)
-            self.trainer.optimizer.zero_grad(set_to_none=True)
-            loss, accuracy = self._forward_backward_update(images, labels, cache_enabled=True)
+            loss, accuracy = self.step(images, labels, cache_enabled=True)
         main.wait_stream(self.stream)
         loss.record_stream(main)
         accuracy.record_stream(main)
         return loss, accuracy
 
     def _capture(self, images, labels):
-        self.images = self.trainer.prepare(images).clone()
+        self.images = images.clone()
         self.labels = labels.clone()
-        # Gradients are allocated inside the graph's memory pool and overwritten by every replay.
-        self.trainer.optimizer.zero_grad(set_to_none=True)
+        # Gradients are allocated inside the graph's memory pool and overwritten by every replay (the step's
+        # own zero_grad finds none to clear while it is captured).
+        self.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             # Autocast's cache of cast weights must not outlive the capture.
-            self.loss, self.accuracy = self._forward_backward_update(self.images, self.labels, cache_enabled=False)
+            self.loss, self.accuracy = self.step(self.images, self.labels, cache_enabled=False)
