@@ -653,7 +653,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train (unless the run only evaluates), then evaluate the best weights on every split."""
         if self.evaluate_only:
-            self.metrics = self.evaluate_checkpoint(self.run_dir / FILES.BEST)
+            self.metrics = evaluate_checkpoint(self, self.run_dir / FILES.BEST)
             return self.metrics
         with self._peers_watched():
             self.train()
@@ -809,7 +809,8 @@ class Trainer:
         if not at_best:
             self.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=self.device)["model"])
         known = at_best and self.last_validation and self.last_validation[0] == self.step
-        metrics = self._evaluate_splits(validation=self.last_validation[1] if known else None)
+        metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
+                                  validation=self.last_validation[1] if known else None)
         self.seconds["final_evaluation"] = time.perf_counter() - started
         wall = self.wall_seconds()
         metrics.update(
@@ -835,27 +836,30 @@ class Trainer:
         for callback in self.callbacks:
             callback.close()
 
-    def evaluate_checkpoint(self, path: Path) -> dict:
-        """Evaluate saved weights (best.pt) on every split without training or changing the run; on the
-        data it was trained on or other data (another folder or --subset: `data` and `trained_on` say)."""
-        state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=self.device)
-        check_signature(state, self.signature, path, "evaluate", may_differ={"subset"})
-        try:
-            self.model.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as error:
-            raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
-                            "settings the run was trained with") from None
-        trained_on = state.get("data") or None
-        same = trained_on.get("fingerprint") == self.data.get("fingerprint") if trained_on and self.data else None
-        return {**self._evaluate_splits(), "best_step": state["step"], "data": self.data, "trained_on": trained_on,
-                "on_training_data": same}
 
-    def _evaluate_splits(self, validation: dict | None = None) -> dict:
-        """The model as it is on train, validation (unless its result is given) and test, in that order:
-        per-class numbers and confusion matrices for validation and test, loss and accuracy for train."""
-        train = self.evaluate(self.train_loader)
-        return {"train": {k: train[k] for k in ("loss", "accuracy")},
-                "validation": validation or self.evaluate(self.val_loader), "test": self.evaluate(self.test_loader)}
+def evaluate_splits(evaluate_on, train_loader, val_loader, test_loader, validation: dict | None = None) -> dict:
+    """The model as `evaluate_on(loader)` finds it on train, validation (unless its result is given) and test, in
+    that order: per-class numbers and confusion matrices for validation and test, loss and accuracy for train."""
+    train = evaluate_on(train_loader)
+    return {"train": {k: train[k] for k in ("loss", "accuracy")},
+            "validation": validation or evaluate_on(val_loader), "test": evaluate_on(test_loader)}
+
+
+def evaluate_checkpoint(trainer: "Trainer", path: Path) -> dict:
+    """Evaluate saved weights (best.pt) with the trainer's model on every split without training or changing
+    the run; on the data it was trained on or other data (another folder or --subset: `data` and `trained_on`
+    say)."""
+    state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=trainer.device)
+    check_signature(state, trainer.signature, path, "evaluate", may_differ={"subset"})
+    try:
+        trainer.model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as error:
+        raise UserError(f"{path} does not fit this model ({type(error).__name__}); pass the same "
+                        "settings the run was trained with") from None
+    trained_on = state.get("data") or None
+    same = trained_on.get("fingerprint") == trainer.data.get("fingerprint") if trained_on and trainer.data else None
+    return {**evaluate_splits(trainer.evaluate, trainer.train_loader, trainer.val_loader, trainer.test_loader),
+            "best_step": state["step"], "data": trainer.data, "trained_on": trained_on, "on_training_data": same}
 
 
 def describe_data(data: dict) -> str:
