@@ -32,7 +32,7 @@ def csv_row(trainer, point: dict, timed: bool = True) -> dict:
             "train_loss": sum(losses) / len(losses) if losses else "", "validation_loss": point["loss"],
             "validation_accuracy": point["accuracy"], "test_loss": point.get("test_loss", ""),
             "images_per_s": round(trainer.throughput, 1) if timed and trainer.throughput else "",
-            "elapsed_seconds": round(sum(trainer.wall_seconds()), 1) if timed else ""}
+            "elapsed_seconds": round(sum(trainer.clock.wall_seconds()), 1) if timed else ""}
 
 
 class MetricsCSV(Callback):

@@ -340,10 +340,17 @@ def earlier_wall_seconds(run_dir: Path, saved: list) -> list:
 
 
 class Stopwatch:
-    """The training time and images between the loop's other phases: since the last lap (the progress bar's
-    images/s) and since the last validation (metrics.csv's)."""
+    """A process's time: the training time and images between the loop's other phases, since the last lap (the
+    progress bar's images/s) and since the last validation (metrics.csv's); the training time in all
+    (`train_seconds`, carried over --resume); where the rest goes (`seconds`, metrics.json's); the wall time of
+    this process and of those before it (`earlier_wall_seconds`, --resume)."""
 
-    def __init__(self):
+    def __init__(self, started: float | None = None):
+        self.started = time.perf_counter() if started is None else started
+        self.train_seconds = 0.0
+        self.earlier_wall_seconds = []
+        self.seconds = {"setup": time.perf_counter() - self.started, "validation": 0.0, "checkpoints": 0.0,
+                        "logging": 0.0}
         self.restart()
 
     def restart(self) -> None:
@@ -355,15 +362,27 @@ class Stopwatch:
         self.images += images
 
     def lap(self) -> tuple[float, float]:
-        """Seconds since the last lap and the images per second over them; a new lap starts."""
+        """Seconds since the last lap (counted as training time) and the images per second over them; a new lap
+        starts."""
         now = time.perf_counter()
         seconds, images = now - self.lap_start, self.lap_images
         self.lap_start, self.lap_images = now, 0
+        self.train_seconds += seconds
         return seconds, images / seconds if seconds > 0 else 0.0
 
     def since_validation(self) -> tuple[int, float]:
         """Images trained and seconds since the last validation (or the start)."""
         return self.images, time.perf_counter() - self.validation_start
+
+    def spent(self, phase: str, since: float) -> float:
+        """Count the time since `since` as `phase`'s; returns now."""
+        now = time.perf_counter()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+        return now
+
+    def wall_seconds(self) -> list:
+        """Wall time of every process of this run so far: the first start and each --resume."""
+        return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
 
 
 class Trainer:
@@ -386,7 +405,6 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = is_main_process()
         self.world_size = dist.get_world_size() if self.distributed else 1
-        self.started = time.perf_counter() if started is None else started
 
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
@@ -423,9 +441,7 @@ class Trainer:
                         "validation": []}
         self.best = {"loss": math.inf, "step": None}
         self.early_stopped = False
-        self.train_seconds = 0.0
         self.images_trained = 0       # all processes together
-        self.earlier_wall_seconds = []  # of the processes before this one (--resume)
         self.throughput = None        # training images/s since the previous validation
         self.resumed = False
         self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
@@ -435,9 +451,7 @@ class Trainer:
         self.data = data or {}
         self.last_validation = None   # (step, full evaluation result) of the latest validation
         self.metrics = None           # fit()'s result
-        # Where this process's time goes besides the training steps (metrics.json "seconds").
-        self.seconds = {"setup": time.perf_counter() - self.started, "validation": 0.0, "checkpoints": 0.0,
-                        "logging": 0.0}
+        self.clock = Stopwatch(started)
         self._interrupted = []        # signals received during train(), acted on between steps
 
     # ---------------------------------------------------------------- helpers
@@ -462,10 +476,6 @@ class Trainer:
         if self.is_main:
             tqdm.write(message, file=sys.stderr)
 
-    def wall_seconds(self) -> list:
-        """Wall time of every process of this run so far: the first start and each --resume."""
-        return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
-
     # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, loader) -> dict:
@@ -478,8 +488,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
                 "callbacks": [callback.state_dict() for callback in self.callbacks],
-                "train_seconds": self.train_seconds, "images_trained": self.images_trained,
-                "wall_seconds": self.wall_seconds(), "torch_rng": torch.get_rng_state(),
+                "train_seconds": self.clock.train_seconds, "images_trained": self.images_trained,
+                "wall_seconds": self.clock.wall_seconds(), "torch_rng": torch.get_rng_state(),
                 "device_rng": device_rng_state(self.device), "signature": self.signature, "data": self.data}
 
     def _claim(self) -> None:
@@ -550,8 +560,8 @@ class Trainer:
         # Derived, not stored: a run that stopped early stays stopped unless --early-stop-count grows.
         self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
                                                self.config.early_stop_count)
-        self.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
-        self.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
+        self.clock.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
+        self.clock.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
         torch.set_rng_state(state["torch_rng"].cpu())
         set_device_rng_state(state["device_rng"], self.device)
         self.resumed = self.claimed = True
@@ -617,8 +627,7 @@ class Trainer:
         self._saving = True
         self.history["validation"].append(point)
         self.last_validation = (self.step, result)
-        saving = time.perf_counter()
-        self.seconds["validation"] += saving - started
+        saving = self.clock.spent("validation", started)
         improved = result["loss"] < self.best["loss"]
         if improved:
             self.best = {"loss": result["loss"], "step": self.step}
@@ -630,11 +639,10 @@ class Trainer:
                                 self.run_dir / FILES.BEST)
         self.save_last()
         self._saving = False
-        logging = time.perf_counter()
-        self.seconds["checkpoints"] += logging - saving
+        logging = self.clock.spent("checkpoints", saving)
         for callback in self.callbacks:
             callback.after_validation(self, point)
-        self.seconds["logging"] += time.perf_counter() - logging
+        self.clock.spent("logging", logging)
         self.log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
                  f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
         losses = [p["loss"] for p in self.history["validation"]]
@@ -705,7 +713,8 @@ class Trainer:
         self.model.train()
         # Checking for NaN costs a GPU sync, so there it happens with the progress bar only.
         check_every = 1 if self.device.type == "cpu" else self.config.log_every
-        pending, rates, clock = [], [], Stopwatch()  # losses and rates not yet in the history; training time
+        pending, rates, clock = [], [], self.clock  # losses and rates not yet in the history; the time
+        clock.restart()
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
         stop = self.step >= self.total_steps or self.early_stopped
@@ -728,13 +737,12 @@ class Trainer:
                         self._diverged(pending, rates, loss)
                     # progress
                     if self.step % self.config.log_every == 0:
-                        seconds, images_per_s = clock.lap()
-                        self.train_seconds += seconds
+                        images_per_s = clock.lap()[1]
                         bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}", val_acc=self._last_accuracy(),
                                         img_s=f"{images_per_s:.0f}")
                     # validation: best weights and last.pt saved, perhaps early stopping
                     if validation_due:
-                        self.train_seconds += clock.lap()[0]
+                        clock.lap()
                         if self._validate(pending, rates, *clock.since_validation()):
                             self.early_stopped = True
                             self.log(f"early stopping: validation loss has not improved for "
@@ -750,7 +758,7 @@ class Trainer:
                 raise KeyboardInterrupt
         except KeyboardInterrupt:
             bar.close()
-            self.train_seconds += clock.lap()[0]
+            clock.lap()
             if self.protect_previous and not self.claimed:
                 raise TrainingInterrupted(
                     f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
@@ -811,17 +819,16 @@ class Trainer:
         known = at_best and self.last_validation and self.last_validation[0] == self.step
         metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
                                   validation=self.last_validation[1] if known else None)
-        self.seconds["final_evaluation"] = time.perf_counter() - started
-        wall = self.wall_seconds()
+        self.clock.spent("final_evaluation", started)
+        wall, train_seconds = self.clock.wall_seconds(), self.clock.train_seconds
         metrics.update(
             best_step=self.best["step"], steps=self.step,
             epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=self.early_stopped,
-            train_seconds=round(self.train_seconds, 2), images_trained=self.images_trained,
-            train_images_per_s=(round(self.images_trained / self.train_seconds, 1)
-                                if self.train_seconds else None),
+            train_seconds=round(train_seconds, 2), images_trained=self.images_trained,
+            train_images_per_s=round(self.images_trained / train_seconds, 1) if train_seconds else None,
             wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
-            seconds={"training": round(self.train_seconds, 2),
-                     **{name: round(value, 2) for name, value in self.seconds.items()}})
+            seconds={"training": round(train_seconds, 2),
+                     **{name: round(value, 2) for name, value in self.clock.seconds.items()}})
         if self.is_main:
             write_json(metrics, self.run_dir / FILES.METRICS)
         return metrics
