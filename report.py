@@ -56,11 +56,16 @@ def is_the_experiment(setting: str) -> bool:
 
 # ---------------------------------------------------------------- reading the runs
 
-def command_for(entry, runs_dir: Path, resume: bool = False) -> str:
-    command = entry.command
+def script_argv(entry, runs_dir: Path, resume: bool = False) -> list[str]:
+    """The script and flags that make (or, with resume, continue) `entry`'s run in `runs_dir`."""
+    argv = shlex.split(entry.command)[1:]
     if Path(runs_dir).resolve() != runs.RUNS_DIR.resolve():
-        command += f" --run-dir {shlex.quote(str(Path(runs_dir) / entry.name))}"
-    return command + (" --resume" if resume else "") + " [--data-dir DIR]"
+        argv += ["--run-dir", str(Path(runs_dir) / entry.name)]
+    return argv + (["--resume"] if resume else [])
+
+
+def command_for(entry, runs_dir: Path, resume: bool = False) -> str:
+    return f"python {shlex.join(script_argv(entry, runs_dir, resume))} [--data-dir DIR]"
 
 
 def load(entry, runs_dir: Path):
@@ -670,10 +675,7 @@ def training_plan(runs_dir: Path, data_dir: str | None) -> list[tuple]:
         state, _, _ = load(entry, runs_dir)
         if state not in ("missing", "unfinished"):
             continue
-        argv = shlex.split(entry.command)[1:]
-        if Path(runs_dir).resolve() != runs.RUNS_DIR.resolve():
-            argv += ["--run-dir", str(Path(runs_dir) / entry.name)]
-        argv += ["--resume"] if state == "unfinished" else []
+        argv = script_argv(entry, runs_dir, resume=state == "unfinished")
         argv += ["--data-dir", str(data_dir)] if data_dir else []
         plan.append((entry, argv))
     return plan

@@ -74,9 +74,12 @@ def lock(run_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise UserError(f"another run is writing to {run_dir}; wait for it to finish or choose "
-                        "another --run-dir") from None
+        raise busy(run_dir) from None
     return handle
+
+
+def busy(run_dir: Path) -> UserError:
+    return UserError(f"another run is writing to {run_dir}; wait for it to finish or choose another --run-dir")
 
 
 def is_being_trained(run_dir: Path) -> bool:
@@ -137,7 +140,7 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
     locked: this process holds the folder's lock."""
     run_dir = Path(run_dir)
     if not locked and is_being_trained(run_dir):
-        return UserError(f"another run is writing to {run_dir}; wait for it to finish or choose another --run-dir")
+        return busy(run_dir)
     state = status(run_dir) if run_dir.is_dir() else "empty"
     if evaluate_only:
         if not (run_dir / FILES.BEST).is_file():
