@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UsageError, UserError, path_kind, save_checkpoint
+from utils import UsageError, UserError, path_kind, read_torch_file, save_checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cifar10"
@@ -273,8 +273,8 @@ def _read_cache(path: Path, fingerprint: str, labels: dict):
     if not path.is_file():
         return None
     try:
-        cache = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
+        cache = read_torch_file(path, "cache", "it is rebuilt from the images")
+    except UserError:  # told below, and rebuilt
         cache = None
     problem = _cache_problem(cache, fingerprint, labels)
     if problem:

@@ -22,7 +22,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 import dataloaders
 from cli import HelpFormatter, Parser
 from runs import PLOT_DIR, ROOT
-from utils import UserError, require_file
+from utils import UserError, read_torch_file, require_file
 
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -60,24 +60,15 @@ def imagenet_state_dict() -> dict:
         socket.setdefaulttimeout(previous_timeout)
 
 
-def read_torch_file(path, flag: str, expected: str):
-    """torch.load of a local file, weights only (no code runs), with one-line errors."""
-    path = require_file(Path(path).expanduser(), flag, f"pass {expected}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise UserError(f"{flag} {path} cannot be read as a PyTorch file ({type(error).__name__}); "
-                        f"pass {expected}") from None
-
-
 def is_training_checkpoint(state) -> bool:
     return isinstance(state, dict) and isinstance(state.get("model"), dict)
 
 
 def read_state_dict_file(path) -> dict:
     """A local ResNet-18 ImageNet state dict, as torchvision's resnet18-f37072fd.pth."""
-    state = read_torch_file(path, "--weights", f"a ResNet-18 state dict such as {WEIGHTS_FILE}, or "
-                                               "--weights imagenet / --weights none")
+    state = read_torch_file(Path(path).expanduser(), "--weights",
+                            f"pass a ResNet-18 state dict such as {WEIGHTS_FILE}, or --weights imagenet / "
+                            "--weights none")
     if is_training_checkpoint(state):
         raise UserError(f"--weights {path} is a training checkpoint, not ImageNet weights; Tasks 4b and 4c "
                         "read task4a.py checkpoints with --checkpoint PATH")
@@ -133,7 +124,8 @@ def set_trainable(model: nn.Module, finetune: str = "last") -> nn.Module:
 
 def trained_resnet18(checkpoint) -> nn.Module:
     """The 10-class model of a task4a.py run, from its best.pt or last.pt."""
-    state = read_torch_file(checkpoint, "--checkpoint", "runs/task4a/best.pt or last.pt from task4a.py")
+    state = read_torch_file(Path(checkpoint).expanduser(), "--checkpoint",
+                            "pass runs/task4a/best.pt or last.pt from task4a.py")
     if not is_training_checkpoint(state):
         raise UserError(f"--checkpoint {checkpoint} is not a training checkpoint (no 'model' entry); pass "
                         "runs/task4a/best.pt or last.pt, or plain ImageNet weights with --weights PATH")

@@ -186,14 +186,23 @@ def save_checkpoint(state: dict, path: Path) -> None:
     atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """A checkpoint this project wrote; tensors, numbers, strings and containers only (no code runs)."""
-    path = require_file(path, "checkpoint", "train first, or point --run-dir at a run that holds it")
+def read_torch_file(path, what: str, fix: str, unreadable: str = "cannot be read as a PyTorch file",
+                    fix_unreadable: str | None = None, map_location="cpu"):
+    """The one torch.load of the project: a local file, weights only (tensors, numbers, strings and
+    containers; no code runs). Every failure is one UserError naming `what` (the flag, or the kind of file)
+    and the file: missing or not a file (with `fix`), or not loadable (`unreadable`, with `fix_unreadable`,
+    else `fix`)."""
+    path = require_file(path, what, fix)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(error).__name__}); "
-                        "delete it or start over with --overwrite") from None
+        raise UserError(f"{what} {path} {unreadable} ({type(error).__name__}); {fix_unreadable or fix}") from None
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    """A checkpoint this project wrote (a run's last.pt or best.pt)."""
+    return read_torch_file(path, "checkpoint", "train first, or point --run-dir at a run that holds it",
+                           "is corrupt or not a checkpoint", "delete it or start over with --overwrite", map_location)
 
 
 def write_json(data, path: Path) -> None:

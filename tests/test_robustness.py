@@ -195,6 +195,21 @@ def test_truncated_checkpoint_is_a_user_error(tmp_path, uninterrupted):
         load_checkpoint(path)
 
 
+def test_checkpoint_files_that_do_not_load_are_one_line_naming_the_fix(tmp_path):
+    """utils.read_torch_file, the one torch.load: missing, a folder, a file that is not a torch file."""
+    path = tmp_path / "last.pt"
+    with pytest.raises(UserError, match=f"^checkpoint {path} does not exist; train first"):
+        load_checkpoint(path)
+    path.mkdir()
+    with pytest.raises(UserError, match=f"^checkpoint {path} is a folder, not a file; train first"):
+        load_checkpoint(path)
+    path.rmdir()
+    torch.save({"step": 1}, path)
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(UserError, match=rf"^checkpoint {path} is corrupt or not a checkpoint \(\w+\); delete it"):
+        load_checkpoint(path)
+
+
 def test_truncated_json_is_a_user_error(tmp_path):
     path = tmp_path / "history.json"
     write_json({"train_loss": {"steps": [0, 1], "values": [2.3, 2.2]}, "validation": []}, path)
