@@ -68,6 +68,17 @@ def training_curves(runs: dict, path: Path, title: str | None = None, show_test:
     return save(training_curves_figure(runs, title, show_test, marks), path)
 
 
+def run_marks(metrics: dict | None, history: dict) -> dict:
+    """What training_curves marks on one run (see training_curves_figure): from metrics.json, its best
+    checkpoint and, where early stopping ended it, the last step; a run without metrics.json (still training,
+    or stopped before its end) marks the validation with the lowest loss so far, the one its best.pt holds."""
+    if metrics:
+        return {"best": metrics.get("best_step"),
+                **({"stopped": metrics.get("steps")} if metrics.get("early_stopped") is True else {})}
+    validations = history["validation"]
+    return {"best": min(validations, key=lambda point: point["loss"])["step"]} if validations else {}
+
+
 def _style(split: str, index: int, several: bool) -> dict:
     colour, line, marker = SPLITS[split]
     if several:

@@ -348,14 +348,12 @@ def draw(entry, item: dict, plot_dir: Path, drawn: dict) -> None:
         validations = run["history"]["validation"]
         if metrics:
             heading = f"{title}: test accuracy {metrics['test']['accuracy']:.3f}"
-            marks = {"best": metrics.get("best_step"),
-                     **({"stopped": metrics.get("steps")} if metrics.get("early_stopped") is True else {})}
         else:
             heading = f"{title} (step {validations[-1]['step']})"
-            marks = {"best": min(validations, key=lambda p: p["loss"])["step"]} if validations else {}
         drawn["curves"][entry.name] = figures.training_curves(
             {title: run["history"]}, Path(plot_dir) / f"{entry.name}.png", title=runs.marked(heading, notes),
-            show_test=bool(config.get("settings", {}).get("track_test")), marks={title: marks})
+            show_test=bool(config.get("settings", {}).get("track_test")),
+            marks={title: figures.run_marks(metrics, run["history"])})
     confusion = (metrics or {}).get("test", {}).get("confusion")
     if confusion:
         classes = list(metrics["test"]["per_class_accuracy"])

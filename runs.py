@@ -631,11 +631,10 @@ class Run:
                   f"{format_final_table(metrics)}\nwritten: {path}")
             return
         notes = caveats(self.config_record())
-        stopped = {"stopped": metrics["steps"]} if metrics.get("early_stopped") else {}
         figure = figures.training_curves(
             {self.title: trainer.history}, self.figure_path, show_test=self.config.track_test,
             title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
-            marks={self.title: {"best": metrics["best_step"], **stopped}})
+            marks={self.title: figures.run_marks(metrics, trainer.history)})
         print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "
               f"(best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
         print(f"figure: {figure} (and .pdf)\nrun directory: {self.dir}")

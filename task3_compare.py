@@ -47,10 +47,8 @@ def table_markdown(models: dict) -> str:
 
 def best_marks(models: dict, labels: dict | None = None) -> dict:
     """Each run's best checkpoint (and early stop), by its label in the figure."""
-    return {(labels or {}).get(n, BY_NAME[n].label): {
-        "best": run["metrics"].get("best_step"),
-        **({"stopped": run["metrics"].get("steps")} if run["metrics"].get("early_stopped") is True else {})}
-        for n, run in models.items()}
+    return {(labels or {}).get(n, BY_NAME[n].label): figures.run_marks(run["metrics"], run["history"])
+            for n, run in models.items()}
 
 
 def caveats_of(models: dict) -> list[str]:

@@ -479,3 +479,28 @@ def test_a_run_that_did_not_record_its_defaults_is_not_called_the_defaults():
         "settings as in its config.json (defaults not recorded)"
     assert report.differences({"config": {"settings": settings, "defaults": {"lr": 0.05, "optimizer": "adam"}}}) \
         == "--lr 0.01"
+
+
+def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_are_drawn(tmp_path, monkeypatch):
+    """One rule (figures.run_marks) for the task's own figure, the report's and Task 3's comparison."""
+    import figures
+    import task3_compare
+    history = {"train_loss": {"steps": [0], "values": [2.3]},
+               "validation": [{"step": 10, "loss": 1.2}, {"step": 20, "loss": 0.9}, {"step": 30, "loss": 1.0}]}
+    stopped = {"best_step": 20, "steps": 30, "early_stopped": True}
+    assert figures.run_marks(stopped, history) == {"best": 20, "stopped": 30}
+    assert figures.run_marks({**stopped, "early_stopped": False}, history) == {"best": 20}
+    assert figures.run_marks(None, history) == {"best": 20}  # unfinished: the lowest validation loss so far
+    assert figures.run_marks(None, {**history, "validation": []}) == {}
+    drawn = []
+    monkeypatch.setattr(figures, "training_curves", lambda runs, path, **kw: drawn.append(kw["marks"]) or path)
+    runs_dir = tmp_path / "runs"
+    for name in ("task3_model1", "task3_model2", "task3c_before"):
+        fake_run(runs_dir, name, name, 0.7)
+        write_json({**json.loads((runs_dir / name / "metrics.json").read_text()), "early_stopped": True},
+                   runs_dir / name / "metrics.json")
+    task3_compare.task3_outputs(runs_dir, tmp_path / "plots")
+    item = {"run": report.runs.read_run(runs_dir / "task3_model1"), "state": "ok"}
+    report.draw(report.BY_NAME["task3_model1"], item, tmp_path / "plots", {"curves": {}, "confusion": {}})
+    assert drawn and all(mark == {"best": 40, "stopped": 40} for marks in drawn for mark in marks.values())
+    assert sum(len(marks) for marks in drawn) == 5
