@@ -69,20 +69,21 @@ def command_for(entry, runs_dir: Path, resume: bool = False) -> str:
 
 
 def load(entry, runs_dir: Path):
-    """('ok' | 'in progress' | 'unfinished' | 'missing' | 'broken', run data or None, message)."""
+    """('ok' | 'in progress' | 'unfinished' | 'missing' | 'broken', run data or None, message): what the
+    run's folder holds as runs.status counts it."""
     folder = Path(runs_dir) / entry.name
     try:
-        if (folder / FILES.METRICS).exists():
-            return "ok", runs.read_run(folder), ""
-        aside = folder / runs.PREVIOUS
-        if (aside / "metrics.json").exists() and not (folder / "last.pt").exists():
-            # An --overwrite stopped before its first checkpoint: the finished run is whole, set aside.
-            return "ok", runs.read_run(aside), (f"{folder}: read from {runs.PREVIOUS}/, where an --overwrite that "
-                                                "stopped before its first checkpoint left it; the next start "
-                                                "of its script puts it back")
+        held = runs.status(folder)
+        if held == "finished":
+            aside = runs.run_folders(folder)[0]
+            # An --overwrite stopped before its first checkpoint: the finished run is whole, (partly) set aside.
+            return "ok", runs.read_run(folder), "" if aside == folder else (
+                f"{folder}: read from {aside.name}/, where an --overwrite that stopped before its first checkpoint "
+                f"left {'part of it' if aside.name == runs.MOVING else 'it'}; the next start of its script puts "
+                "it back")
         if runs.is_being_trained(folder):
             state, message = "in progress", f"{folder} is being trained right now (drawn as far as it got)"
-        elif (folder / FILES.LAST).exists():
+        elif held == "unfinished":
             state = "unfinished"
             message = f"{folder} is unfinished: continue it with `{command_for(entry, runs_dir, resume=True)}`"
         else:

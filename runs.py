@@ -114,16 +114,28 @@ def _is_ignorable(name: str) -> bool:
     return name in NOT_A_RUN or any(name.startswith(f".{output}.") and name.endswith(".tmp") for output in OUTPUTS)
 
 
+def run_folders(run_dir: Path) -> list[Path]:
+    """Where the files of the run in `run_dir` are, the first that holds one wins: a replacement killed
+    before its first checkpoint counts as the run it replaced, whose files settle() puts back."""
+    run_dir = Path(run_dir)
+    if (run_dir / MOVING).is_dir():  # killed while moving the old files aside: some are still here
+        return [run_dir / MOVING, run_dir]
+    if (run_dir / PREVIOUS).is_dir() and not (run_dir / FILES.LAST).exists():
+        return [run_dir / PREVIOUS]
+    return [run_dir]
+
+
+def run_file(run_dir: Path, name: str) -> Path:
+    """The run's file `name` where it is (run_folders), else where it belongs."""
+    return next((folder / name for folder in run_folders(run_dir) if (folder / name).exists()), Path(run_dir) / name)
+
+
 def status(run_dir: Path) -> str:
     """'finished' (metrics.json), 'unfinished' (last.pt without metrics.json), 'other' (files, but no run
     to continue: a run's files without its checkpoint, or anything else) or 'empty' (no folder, or
-    nothing but a lock). A replacement killed before its first checkpoint counts as the run it replaced."""
+    nothing but a lock), counting the files where run_folders finds them."""
     run_dir = Path(run_dir)
-    folders = [run_dir]
-    if (run_dir / MOVING).is_dir():  # killed while moving the old files aside: some are still here
-        folders.append(run_dir / MOVING)
-    elif (run_dir / PREVIOUS).is_dir() and not (run_dir / FILES.LAST).exists():
-        folders = [run_dir / PREVIOUS]  # what settle() puts back
+    folders = run_folders(run_dir)
     if any((folder / FILES.METRICS).exists() for folder in folders):
         return "finished"
     if any((folder / FILES.LAST).exists() for folder in folders):
@@ -362,14 +374,15 @@ CHECKS = {"config": (FILES.CONFIG, check_config), "history": (FILES.HISTORY, che
 
 
 def read_run(run_dir: Path, finished: bool = True) -> dict:
-    """config, history and metrics of a finished run; a damaged file is a UserError naming it.
-    finished=False: config and history only, of a run still training (or stopped before its end)."""
-    run_dir = Path(run_dir)
+    """config, history and metrics of a finished run (where run_folders finds them); a damaged file is a
+    UserError naming it. finished=False: config and history only, of a run still training (or stopped
+    before its end)."""
     run = {}
     for name in ("config", "history", "metrics") if finished else ("config", "history"):
         file, check = CHECKS[name]
-        run[name] = read_json(run_dir / file)
-        check(run[name], run_dir / file)
+        path = run_file(run_dir, file)
+        run[name] = read_json(path)
+        check(run[name], path)
     return run
 
 

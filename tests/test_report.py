@@ -504,3 +504,18 @@ def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_ar
     report.draw(report.BY_NAME["task3_model1"], item, tmp_path / "plots", {"curves": {}, "confusion": {}})
     assert drawn and all(mark == {"best": 40, "stopped": 40} for marks in drawn for mark in marks.values())
     assert sum(len(marks) for marks in drawn) == 5
+
+
+@pytest.mark.parametrize("moved", [1, 3], ids=["config moved", "config-history-metrics moved"])
+def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved):
+    """--overwrite killed while moving the finished run aside (.previous-run.partial/, some files still in
+    place): the report reads the run the next start puts back, as runs.status counts it, not "missing"."""
+    import os
+    import runs
+    folder = fake_run(tmp_path, "task2", "Task 2", 0.6123)
+    (folder / runs.MOVING).mkdir()
+    for name in [name for name in runs.OUTPUTS if (folder / name).exists()][:moved]:  # set_aside's order
+        os.replace(folder / name, folder / runs.MOVING / name)
+    state, run, message = report.load(report.BY_NAME["task2"], tmp_path)
+    assert runs.status(folder) == "finished" and state == "ok", message
+    assert run["metrics"]["test"]["accuracy"] == 0.6123 and runs.MOVING in message
