@@ -197,9 +197,10 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     # --resume and --evaluate-only take the others from the run.
     given = parser.parse_args(argv, namespace=argparse.Namespace(**{key: _NOT_GIVEN for key in vars(args)}))
     args.flags_given = sorted(key for key, value in vars(given).items() if value is not _NOT_GIVEN)
-    runs.SCRIPT_DEFAULTS.clear()
-    runs.SCRIPT_DEFAULTS.update({action.dest: parser.get_default(action.dest) for action in parser._actions
-                                 if action.dest != "help"})
+    # The script's own defaults travel with its settings: config.json keeps them beside them (runs.Run), so
+    # that a run can say how it differs from the recipe (fewer epochs, another image size).
+    args.script_defaults = {action.dest: parser.get_default(action.dest) for action in parser._actions
+                            if action.dest != "help"}
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     if args.evaluate_only and (args.resume or args.overwrite):
@@ -248,7 +249,7 @@ def check_output_names(parser: argparse.ArgumentParser, args) -> None:
 
 
 _NOT_GIVEN = object()
-ROLES["flags_given"] = COMMAND  # (set by parse)
+ROLES["flags_given"] = ROLES["script_defaults"] = COMMAND  # (set by parse)
 
 
 # ---------------------------------------------------------------- settings recorded in a run

@@ -98,10 +98,6 @@ def is_being_trained(run_dir: Path) -> bool:
     return False
 
 
-# The running script's flag defaults (cli.parse records them); config.json keeps them beside the settings,
-# so that a run can say how it differs from the recipe (fewer epochs, another image size).
-SCRIPT_DEFAULTS: dict = {}
-
 def run_settings(args) -> dict:
     """The settings a checkpoint is compared with on --resume: the experiment's (trainer.role), besides
     TrainConfig's own fields, which the Trainer adds."""
@@ -586,9 +582,11 @@ class Run:
         """What config.json holds."""
         resolved = {**self.resolved, "cuda_graphs": self.config.cuda_graphs,
                     **({"cuda_graphs_note": self.graph_note} if self.graph_note else {})}
-        settings = {key: json_value(value) for key, value in sorted(vars(self.args).items())}
+        settings = {key: json_value(value) for key, value in sorted(vars(self.args).items())
+                    if key != "script_defaults"}  # recorded as "defaults", below
         return {"name": self.args.name, "title": self.title, "settings": settings,
-                "defaults": {key: json_value(value) for key, value in SCRIPT_DEFAULTS.items() if key in settings},
+                "defaults": {key: json_value(value) for key, value in self.args.script_defaults.items()
+                             if key in settings},
                 "resolved": resolved, "data": self.data, "model": self.model_info, "versions": hardware.versions()}
 
     def write_config(self) -> None:

@@ -519,3 +519,21 @@ def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved
     state, run, message = report.load(report.BY_NAME["task2"], tmp_path)
     assert runs.status(folder) == "finished" and state == "ok", message
     assert run["metrics"]["test"]["accuracy"] == 0.6123 and runs.MOVING in message
+
+
+def test_a_run_records_its_own_scripts_defaults_whatever_was_parsed_since(tmp_path):
+    """cli.parse hands the script's defaults over with its settings (no module-level record that the next
+    parse overwrites): config.json's "defaults" are those of the script that made the run."""
+    import cli
+    import runs
+    import task4a
+    args = cli.parse(cli.training_parser("", "task2"), ["--run-dir", str(tmp_path / "task2"), "--device", "cpu",
+                                                          "--data-dir", str(tmp_path / "no-data")])
+    cli.parse(cli.training_parser("", "task4a", **task4a.RECIPE), ["--device", "cpu"])  # another script, later
+    run = runs.Run.start(args, title="Task 2")
+    try:
+        record = run.config_record()
+    finally:
+        run.release()
+    assert record["defaults"]["epochs"] == 10 and record["defaults"]["lr"] == 0.05
+    assert "script_defaults" not in record["settings"] and record["settings"]["epochs"] == 10
