@@ -16,7 +16,6 @@ import cli  # noqa: E402
 import figures  # noqa: E402
 import runs  # noqa: E402
 from registry import BY_NAME, metrics_table, published_text  # noqa: E402
-from trainer import FILES  # noqa: E402
 from utils import UserError, write_text  # noqa: E402
 
 
@@ -26,7 +25,7 @@ def load_runs(runs_dir: Path, names, read: dict) -> tuple[dict, list[str]]:
     found, missing = {}, []
     for name in names:
         folder = Path(runs_dir) / name
-        if not (folder / FILES.METRICS).exists():
+        if runs.status(folder) != "finished":  # as report.load counts it (a run set aside too)
             missing.append(f"missing run {folder}: make it with `{BY_NAME[name].command}`")
             continue
         if name not in read:

@@ -512,6 +512,7 @@ def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved
     place): the report reads the run the next start puts back, as runs.status counts it, not "missing"."""
     import os
     import runs
+    import task3_compare
     folder = fake_run(tmp_path, "task2", "Task 2", 0.6123)
     (folder / runs.MOVING).mkdir()
     for name in [name for name in runs.OUTPUTS if (folder / name).exists()][:moved]:  # set_aside's order
@@ -519,6 +520,8 @@ def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved
     state, run, message = report.load(report.BY_NAME["task2"], tmp_path)
     assert runs.status(folder) == "finished" and state == "ok", message
     assert run["metrics"]["test"]["accuracy"] == 0.6123 and runs.MOVING in message
+    found, missing = task3_compare.load_runs(tmp_path, ["task2"], {})  # Task 3's figures agree
+    assert not missing and found["task2"]["metrics"] == run["metrics"]
 
 
 def test_a_run_records_its_own_scripts_defaults_whatever_was_parsed_since(tmp_path):
