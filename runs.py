@@ -35,7 +35,7 @@ import figures
 import hardware
 import monitor
 from trainer import (EXPERIMENT, FILES, Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
-                     describe_data, format_final_table, role)
+                     describe_data, evaluate_checkpoint, format_final_table, role)
 from utils import UsageError, UserError, check_writable, read_json, set_seed, write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -423,6 +423,8 @@ class RunFiles(Callback):
         self.run = run
 
     def before_first_save(self, trainer) -> None:
+        if self.run.args.evaluate_only:  # a script that called trainer.fit() where run.fit(trainer) belongs
+            raise UserError("--evaluate-only changes no run: the script must call run.fit(trainer)")
         if trainer.is_main:
             set_aside(trainer.run_dir)
             self.run.write_config()
@@ -545,8 +547,11 @@ class Run:
         trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
                           optimizer=optimizer, callbacks=[*callbacks, *own], settings=run_settings(args),
                           protect_previous=self.previous != "empty" and not args.resume,
-                          evaluate_only=args.evaluate_only, started=self.started, data=self.data_identity,
-                          **recipe)
+                          started=self.started, data=self.data_identity, **recipe)
+        config = self.config
+        if config.max_steps and config.max_steps > trainer.total_steps and not args.evaluate_only:
+            trainer.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
+                        f"the run after {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch)")
         if args.compile:
             trainer.network = torch.compile(trainer.network)
         if args.resume:
@@ -583,8 +588,16 @@ class Run:
 
     # ---------------------------------------------------------------- the end
 
+    def fit(self, trainer: Trainer) -> dict:
+        """What the command asks: train (trainer.fit()), or with --evaluate-only evaluate the run's best.pt
+        on every split, training and changing nothing."""
+        if self.args.evaluate_only:
+            trainer.metrics = evaluate_checkpoint(trainer, self.dir / FILES.BEST)
+            return trainer.metrics
+        return trainer.fit()
+
     def finish(self, trainer: Trainer) -> dict:
-        """Print the final table of trainer.fit(); write the figure (or evaluation.json after
+        """Print the final table of run.fit(trainer); write the figure (or evaluation.json after
         --evaluate-only); release the folder. Returns the final metrics."""
         metrics = trainer.metrics
         try:
@@ -633,7 +646,7 @@ class Run:
         notes = caveats(self.config_record())
         stopped = {"stopped": metrics["steps"]} if metrics.get("early_stopped") else {}
         figure = figures.training_curves(
-            {self.title: trainer.history}, self.figure_path, show_test=self.config.track_test,
+            {self.title: trainer.state.history}, self.figure_path, show_test=self.config.track_test,
             title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
             marks={self.title: {"best": metrics["best_step"], **stopped}})
         print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "

@@ -90,15 +90,6 @@ class TrainConfig:
 ROLES.update({f.name: f.metadata["role"] for f in fields(TrainConfig) if f.metadata["role"] != EXPERIMENT})
 
 
-# What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
-# (another program's, a best.pt copied over last.pt) and is refused by name, not met by a KeyError later.
-LAST_CHECKPOINT = {"model": dict, "optimizer": dict, "scaler": dict, "step": int, "epoch": int,
-                   "batch_in_epoch": int, "history": dict, "best": dict, "callbacks": list,
-                   "train_seconds": (int, float), "images_trained": int, "wall_seconds": list,
-                   "torch_rng": torch.Tensor, "signature": dict}
-BEST_CHECKPOINT = {"model": dict, "step": int, "signature": dict}
-
-
 def load_own_checkpoint(path: Path, form: dict, map_location="cpu") -> dict:
     """A last.pt (form=LAST_CHECKPOINT) or best.pt (BEST_CHECKPOINT) this loop wrote, else one UserError."""
     state = load_checkpoint(path, map_location=map_location)
@@ -106,8 +97,8 @@ def load_own_checkpoint(path: Path, form: dict, map_location="cpu") -> dict:
         problem = f"it holds a {type(state).__name__}"
     else:
         wrong = [key for key, kind in form.items() if not isinstance(state.get(key), kind)]
-        if form is LAST_CHECKPOINT and not wrong and not {"step", "loss"} <= set(state["best"]):
-            wrong = ["best"]
+        if form is LAST_CHECKPOINT and not wrong:
+            wrong = RunState.malformed(state)
         problem = wrong and f"no valid {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
         if wrong and form is LAST_CHECKPOINT and all(isinstance(state.get(k), t) for k, t in BEST_CHECKPOINT.items()):
             problem += ": it is a best.pt (weights only), which cannot be resumed"
@@ -384,19 +375,114 @@ class Stopwatch:
         """Wall time of every process of this run so far: the first start and each --resume."""
         return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
 
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()}
+
+    def load_state_dict(self, saved: dict, run_dir: Path) -> None:
+        self.train_seconds = saved["train_seconds"]
+        self.earlier_wall_seconds = earlier_wall_seconds(run_dir, list(saved["wall_seconds"]))
+
+
+def new_history() -> dict:
+    return {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
+            "learning_rate": {"steps": [], "values": []}, "validation": []}
+
+
+@dataclass
+class RunState:
+    """Where a run is and what it has seen: its position (steps taken, epoch, batch within it), its history
+    (each step's loss, batch accuracy and learning rate; each validation), the best validation so far and
+    the images trained. last.pt keeps it (state_dict, of the kinds FORM names); --resume restores it."""
+    step: int = 0                 # optimisation steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: dict = field(default_factory=new_history)
+    best: dict = field(default_factory=lambda: {"loss": math.inf, "step": None})
+    images_trained: int = 0       # all processes together
+    early_stopped: bool = False   # derived from the history, never saved: --resume may raise --early-stop-count
+    last_validation: tuple | None = None  # (step, full evaluation result) of this process's latest validation
+
+    FORM = {"step": int, "epoch": int, "batch_in_epoch": int, "history": dict, "best": dict, "images_trained": int}
+
+    def state_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.FORM}
+
+    def load_state_dict(self, saved: dict, early_stop_count: int) -> None:
+        for key in self.FORM:
+            setattr(self, key, saved[key])
+        # A run that stopped early stays stopped unless --early-stop-count grows.
+        self.early_stopped = should_early_stop(self.validation_losses(), early_stop_count)
+
+    @staticmethod
+    def malformed(saved: dict) -> list[str]:
+        """What FORM's kinds cannot tell of a saved state that has them: the keys that are still wrong."""
+        return [] if {"step", "loss"} <= set(saved["best"]) else ["best"]
+
+    def record(self, pending, rates) -> None:
+        """Move per-step losses and batch accuracies kept on the device into the history (one sync for
+        many steps), with the steps' learning rates."""
+        if pending:
+            both = torch.stack([value.float() for pair in zip(*pending) for value in pair]).tolist()
+            values, accuracies = both[:len(pending)], both[len(pending):]
+            steps = list(range(self.step - len(values), self.step))
+            self.history["train_loss"]["steps"] += steps
+            self.history["train_loss"]["values"] += values
+            # A run resumed from a checkpoint of an older version has no training accuracy before it.
+            accuracy = self.history.setdefault("train_accuracy", {"steps": [], "values": []})
+            accuracy["steps"] += steps
+            accuracy["values"] += accuracies
+            self.history["learning_rate"]["steps"] += steps
+            self.history["learning_rate"]["values"] += rates
+            pending.clear()
+            rates.clear()
+
+    def next_batch(self, steps_per_epoch: int) -> None:
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def train_accuracy(self) -> float | None:
+        """The running accuracy of the batches trained since the previous validation (None: none recorded)."""
+        since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
+        trained = self.history.get("train_accuracy", {"steps": [], "values": []})
+        interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
+        return sum_in_order(interval) / len(interval) if interval else None
+
+    def validated(self, point: dict, result: dict) -> bool:
+        """Record a validation (its history entry and full result); True when it is the best so far."""
+        self.history["validation"].append(point)
+        self.last_validation = (self.step, result)
+        improved = result["loss"] < self.best["loss"]
+        if improved:
+            self.best = {"loss": result["loss"], "step": self.step}
+        return improved
+
+    def validation_losses(self) -> list[float]:
+        return [point["loss"] for point in self.history["validation"]]
+
+    def last_accuracy(self) -> str:
+        """The latest validation accuracy, for the progress bar."""
+        validations = self.history["validation"]
+        return f"{validations[-1]['accuracy']:.3f}" if validations else "-"
+
+
+# What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
+# (another program's, a best.pt copied over last.pt) and is refused by name, not met by a KeyError later.
+LAST_CHECKPOINT = {"model": dict, "optimizer": dict, "scaler": dict, **RunState.FORM, "callbacks": list,
+                   "train_seconds": (int, float), "wall_seconds": list, "torch_rng": torch.Tensor, "signature": dict}
+BEST_CHECKPOINT = {"model": dict, "step": int, "signature": dict}
+
 
 class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
                  run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
                  loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
-                 protect_previous: bool = False, evaluate_only: bool = False, started: float | None = None,
-                 data: dict | None = None):
+                 protect_previous: bool = False, started: float | None = None, data: dict | None = None):
         """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
         training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
         model's by default). `settings` (the script's resolved command line) is compared on --resume.
         With `protect_previous`, nothing is written into run_dir (a finished run being replaced) until
         the first validation, so a run that fails before it leaves the previous one as it was.
-        With `evaluate_only`, fit() evaluates best.pt and trains nothing.
         `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
         --resume.
         """
@@ -423,9 +509,6 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
-        if config.max_steps and config.max_steps > self.total_steps and not evaluate_only:
-            self.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
-                     f"the run after {self.total_steps} steps ({self.steps_per_epoch} per epoch)")
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = self._validation_points()
         self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
@@ -434,25 +517,22 @@ class Trainer:
         self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
                           **{k: v for k, v in {**asdict(config), **self.settings}.items() if role(k) == EXPERIMENT}}
-        self.step = 0                 # optimisation steps taken
-        self.epoch, self.batch_in_epoch = 0, 0
-        self.history = {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
-                        "learning_rate": {"steps": [], "values": []},
-                        "validation": []}
-        self.best = {"loss": math.inf, "step": None}
-        self.early_stopped = False
-        self.images_trained = 0       # all processes together
+        self.state = RunState()
         self.throughput = None        # training images/s since the previous validation
         self.resumed = False
-        self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
+        self.protect_previous = protect_previous
         self.claimed = False          # this run has written into run_dir
         self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
         self._saving = False          # a validation's checkpoints are being written
         self.data = data or {}
-        self.last_validation = None   # (step, full evaluation result) of the latest validation
         self.metrics = None           # fit()'s result
         self.clock = Stopwatch(started)
         self._interrupted = []        # signals received during train(), acted on between steps
+
+    @property
+    def step(self) -> int:
+        """Optimisation steps taken (what callbacks go by)."""
+        return self.state.step
 
     # ---------------------------------------------------------------- helpers
 
@@ -468,10 +548,6 @@ class Trainer:
         """A batch in the memory layout the model runs fastest in."""
         return images.contiguous(memory_format=self.memory_format)
 
-    def _last_accuracy(self) -> str:
-        validations = self.history["validation"]
-        return f"{validations[-1]['accuracy']:.3f}" if validations else "-"
-
     def log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message, file=sys.stderr)
@@ -483,14 +559,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
 
-    def _state(self) -> dict:
+    def _checkpoint(self) -> dict:
+        """What last.pt holds (LAST_CHECKPOINT): everything --resume needs to continue exactly."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
-                "callbacks": [callback.state_dict() for callback in self.callbacks],
-                "train_seconds": self.clock.train_seconds, "images_trained": self.images_trained,
-                "wall_seconds": self.clock.wall_seconds(), "torch_rng": torch.get_rng_state(),
-                "device_rng": device_rng_state(self.device), "signature": self.signature, "data": self.data}
+                "scaler": self.scaler.state_dict(), **self.state.state_dict(),
+                "callbacks": [callback.state_dict() for callback in self.callbacks], **self.clock.state_dict(),
+                "torch_rng": torch.get_rng_state(), "device_rng": device_rng_state(self.device),
+                "signature": self.signature, "data": self.data}
 
     def _claim(self) -> None:
         """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
@@ -506,10 +581,10 @@ class Trainer:
         if self.step != self.saved_step:
             self._outdate_results()
         if self.is_main:
-            save_checkpoint(self._state(), self.run_dir / FILES.LAST)
+            save_checkpoint(self._checkpoint(), self.run_dir / FILES.LAST)
         self.saved_step = self.step
         if self.is_main:
-            write_json(self.history, self.run_dir / FILES.HISTORY)
+            write_json(self.state.history, self.run_dir / FILES.HISTORY)
         if first and not self.resumed:
             for callback in self.callbacks:
                 callback.after_first_save(self)
@@ -555,39 +630,16 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         for callback, saved in zip(self.callbacks, state["callbacks"]):
             callback.load_state_dict(saved)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.history, self.best = state["history"], state["best"]
-        # Derived, not stored: a run that stopped early stays stopped unless --early-stop-count grows.
-        self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
-                                               self.config.early_stop_count)
-        self.clock.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
-        self.clock.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
+        self.state.load_state_dict(state, self.config.early_stop_count)
+        self.clock.load_state_dict(state, self.run_dir)
         torch.set_rng_state(state["torch_rng"].cpu())
         set_device_rng_state(state["device_rng"], self.device)
         self.resumed = self.claimed = True
         self.saved_step = self.step
-        self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
-                 f"best validation loss {self.best['loss']:.4f})")
+        self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.state.epoch}, "
+                 f"best validation loss {self.state.best['loss']:.4f})")
 
     # ---------------------------------------------------------------- training
-
-    def _record_losses(self, pending, rates) -> None:
-        """Move per-step losses and batch accuracies kept on the device into the history (one sync for
-        many steps)."""
-        if pending:
-            both = torch.stack([value.float() for pair in zip(*pending) for value in pair]).tolist()
-            values, accuracies = both[:len(pending)], both[len(pending):]
-            steps = list(range(self.step - len(values), self.step))
-            self.history["train_loss"]["steps"] += steps
-            self.history["train_loss"]["values"] += values
-            # A run resumed from a checkpoint of an older version has no training accuracy before it.
-            accuracy = self.history.setdefault("train_accuracy", {"steps": [], "values": []})
-            accuracy["steps"] += steps
-            accuracy["values"] += accuracies
-            self.history["learning_rate"]["steps"] += steps
-            self.history["learning_rate"]["values"] += rates
-            pending.clear()
-            rates.clear()
 
     def _set_learning_rate(self) -> float:
         """The schedule's rate for the coming step (as torch's LambdaLR computes it)."""
@@ -605,7 +657,7 @@ class Trainer:
 
     def _validate(self, pending_losses, rates, interval_images: int, interval_seconds: float) -> bool:
         """Record losses, validate, keep the best weights; True when training should stop."""
-        self._record_losses(pending_losses, rates)
+        self.state.record(pending_losses, rates)
         started = time.perf_counter()
         result = self.evaluate(self.val_loader)
         if not math.isfinite(result["loss"]):
@@ -615,22 +667,17 @@ class Trainer:
         self.throughput = interval_images / interval_seconds if interval_seconds > 0 else None
         point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                  "loss": result["loss"], "accuracy": result["accuracy"]}
-        since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
-        trained = self.history.get("train_accuracy", {"steps": [], "values": []})
-        interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
-        if interval:  # the running accuracy of the batches trained since the previous validation
-            point["train_accuracy"] = sum_in_order(interval) / len(interval)
+        train_accuracy = self.state.train_accuracy()
+        if train_accuracy is not None:
+            point["train_accuracy"] = train_accuracy
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
         # From here until last.pt holds this validation, a second Ctrl-C saves nothing more: the files on
         # disk stay those of the previous validation.
         self._saving = True
-        self.history["validation"].append(point)
-        self.last_validation = (self.step, result)
+        improved = self.state.validated(point, result)
         saving = self.clock.spent("validation", started)
-        improved = result["loss"] < self.best["loss"]
         if improved:
-            self.best = {"loss": result["loss"], "step": self.step}
             self._claim()
             self._outdate_results(best=True)
             if self.is_main:
@@ -645,8 +692,7 @@ class Trainer:
         self.clock.spent("logging", logging)
         self.log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
                  f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
-        losses = [p["loss"] for p in self.history["validation"]]
-        return should_early_stop(losses, self.config.early_stop_count)
+        return should_early_stop(self.state.validation_losses(), self.config.early_stop_count)
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
@@ -659,10 +705,7 @@ class Trainer:
                              self.autocast(cache_enabled))
 
     def fit(self) -> dict:
-        """Train (unless the run only evaluates), then evaluate the best weights on every split."""
-        if self.evaluate_only:
-            self.metrics = evaluate_checkpoint(self, self.run_dir / FILES.BEST)
-            return self.metrics
+        """Train, then evaluate the best weights on every split."""
         with self._peers_watched():
             self.train()
             try:
@@ -717,13 +760,13 @@ class Trainer:
         clock.restart()
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
-        stop = self.step >= self.total_steps or self.early_stopped
+        stop = self.step >= self.total_steps or self.state.early_stopped
         try:
             if not stop:
                 for callback in self.callbacks:
                     callback.on_train_start(self)
-            while not stop and self.epoch < self.config.epochs:
-                for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
+            while not stop and self.state.epoch < self.config.epochs:
+                for images, labels in self.train_loader.batches(self.state.epoch, self.state.batch_in_epoch):
                     # step: the schedule's rate, forward, backward, update; the position moves on
                     rate = self._set_learning_rate()
                     loss, accuracy = self.train_step(images, labels)
@@ -738,13 +781,13 @@ class Trainer:
                     # progress
                     if self.step % self.config.log_every == 0:
                         images_per_s = clock.lap()[1]
-                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}", val_acc=self._last_accuracy(),
-                                        img_s=f"{images_per_s:.0f}")
+                        bar.set_postfix(epoch=self.state.epoch, loss=f"{loss.item():.3f}",
+                                        val_acc=self.state.last_accuracy(), img_s=f"{images_per_s:.0f}")
                     # validation: best weights and last.pt saved, perhaps early stopping
                     if validation_due:
                         clock.lap()
                         if self._validate(pending, rates, *clock.since_validation()):
-                            self.early_stopped = True
+                            self.state.early_stopped = True
                             self.log(f"early stopping: validation loss has not improved for "
                                      f"{self.config.early_stop_count} validations")
                             stop = True
@@ -764,7 +807,7 @@ class Trainer:
                     f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
                     f"previous run in {self.run_dir} is as it was") from None
             if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
-                self._record_losses(pending, rates)
+                self.state.record(pending, rates)
                 try:
                     self.save_last()
                 except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
@@ -778,25 +821,23 @@ class Trainer:
 
     def _advance(self, images: int) -> bool:
         """Count a step taken (after_step callbacks see it counted); True when a validation is due."""
-        done_batch = self.batch_in_epoch
-        self.step += 1
-        self.images_trained += images
+        done_batch = self.state.batch_in_epoch
+        self.state.step += 1
+        self.state.images_trained += images
         for callback in self.callbacks:
             callback.after_step(self)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch == self.steps_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.state.next_batch(self.steps_per_epoch)
         return done_batch in self.validate_at or self.step >= self.total_steps
 
     def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.
-        self._record_losses(pending, rates)
+        self.state.record(pending, rates)
         if not (self.protect_previous and not self.claimed):
             self._claim()
             if self.is_main:
-                write_json(self.history, self.run_dir / FILES.HISTORY)
-        if self.best["step"] is not None:
-            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.best['step']}) is kept"
+                write_json(self.state.history, self.run_dir / FILES.HISTORY)
+        if self.state.best["step"] is not None:
+            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.state.best['step']}) is kept"
         elif self.protect_previous and not self.claimed:
             kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
         else:
@@ -813,19 +854,20 @@ class Trainer:
             dist.barrier()  # rank 0 has finished writing best.pt
         # When the best weights are the last ones (validated at this very step), they are already
         # in memory and their validation numbers are known: no reload, no second validation pass.
-        at_best = self.best["step"] == self.step
+        state = self.state
+        at_best = state.best["step"] == self.step
         if not at_best:
             self.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=self.device)["model"])
-        known = at_best and self.last_validation and self.last_validation[0] == self.step
+        known = at_best and state.last_validation and state.last_validation[0] == self.step
         metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
-                                  validation=self.last_validation[1] if known else None)
+                                  validation=state.last_validation[1] if known else None)
         self.clock.spent("final_evaluation", started)
         wall, train_seconds = self.clock.wall_seconds(), self.clock.train_seconds
         metrics.update(
-            best_step=self.best["step"], steps=self.step,
-            epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=self.early_stopped,
-            train_seconds=round(train_seconds, 2), images_trained=self.images_trained,
-            train_images_per_s=round(self.images_trained / train_seconds, 1) if train_seconds else None,
+            best_step=state.best["step"], steps=self.step,
+            epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=state.early_stopped,
+            train_seconds=round(train_seconds, 2), images_trained=state.images_trained,
+            train_images_per_s=round(state.images_trained / train_seconds, 1) if train_seconds else None,
             wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
             seconds={"training": round(train_seconds, 2),
                      **{name: round(value, 2) for name, value in self.clock.seconds.items()}})

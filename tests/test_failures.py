@@ -146,7 +146,8 @@ def csv_trainer():
     point = {"step": 5, "epoch": 0.5, "loss": 2.0, "accuracy": 0.3}
     history = {"validation": [point], "train_loss": {"steps": [0, 1], "values": [2.3, 2.2]},
                "learning_rate": {"steps": [0, 1], "values": [0.1, 0.1]}}
-    return SimpleNamespace(is_main=True, history=history, throughput=None, clock=SimpleNamespace(wall_seconds=lambda: [1.0])), point
+    return SimpleNamespace(is_main=True, state=SimpleNamespace(history=history), throughput=None,
+                           clock=SimpleNamespace(wall_seconds=lambda: [1.0])), point
 
 
 def test_metrics_csv_that_cannot_be_appended_is_one_error_and_stays_whole(tmp_path, monkeypatch):
