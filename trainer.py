@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 import cuda_graphs
-from hardware import DTYPES, is_main_process, is_peer_failure
-from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
+from hardware import DTYPES, is_main_process
+from utils import UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -120,10 +120,8 @@ class Callback:
     """The training loop's extension points; override what a task needs.
 
     on_train_start runs once per process before the first step (after --resume restored the state),
-    after_step after every optimisation step, after_validation once last.pt holds that validation,
-    before_first_save before a new run writes its first file into the run directory, after_first_save
-    once its first last.pt is written or the run has stopped before it could be (error, interrupt). state_dict /
-    load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
+    after_step after every optimisation step, after_validation once last.pt holds that validation.
+    state_dict / load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
     """
 
     def on_train_start(self, trainer: "Trainer") -> None:
@@ -135,12 +133,6 @@ class Callback:
     def after_validation(self, trainer: "Trainer", point: dict) -> None:
         pass
 
-    def before_first_save(self, trainer: "Trainer") -> None:
-        pass
-
-    def after_first_save(self, trainer: "Trainer") -> None:
-        pass
-
     def state_dict(self):
         return None
 
@@ -149,6 +141,41 @@ class Callback:
 
     def close(self) -> None:
         """The run is over (files to close)."""
+
+
+class RunFolder:
+    """The run folder as training writes into it: from the first validation on, each write announced (`claim`).
+    This one holds nothing but the run's own files; runs.RunFiles adds the rules of a folder that holds a
+    previous run (replaced with --overwrite) or a finished one (--resume)."""
+
+    may_write = True  # False: nothing may be written yet (not even on Ctrl-C or divergence)
+
+    def __init__(self, path):
+        self.path, self.claimed = Path(path), False  # claimed: this run has written into it
+
+    def claim(self, trainer: "Trainer") -> None:
+        """Before each write of the run's files: the first of a new run calls before_first_save."""
+        if not self.claimed:
+            self.claimed = True
+            if not trainer.resumed:
+                self.before_first_save(trainer)
+
+    def before_first_save(self, trainer: "Trainer") -> None:
+        """Before a new run writes its first file."""
+
+    def after_first_save(self, trainer: "Trainer") -> None:
+        """Once its first last.pt is written."""
+
+    def abandon(self, trainer: "Trainer", error: BaseException) -> None:
+        """The run has written files but stopped (error, interrupt) before its first last.pt: undo what needs
+        undoing; raise to say more than `error`."""
+
+    def outdate(self, trainer: "Trainer", best: bool = False) -> None:
+        """Before the checkpoints change (with best: best.pt too)."""
+
+    def previous_kept(self) -> str:
+        """How a message that nothing of this run was saved goes on."""
+        return ""
 
 
 @contextlib.contextmanager
@@ -477,12 +504,11 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
                  run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
                  loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
-                 protect_previous: bool = False, started: float | None = None, data: dict | None = None):
+                 folder: RunFolder | None = None, started: float | None = None, data: dict | None = None):
         """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
         training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
         model's by default). `settings` (the script's resolved command line) is compared on --resume.
-        With `protect_previous`, nothing is written into run_dir (a finished run being replaced) until
-        the first validation, so a run that fails before it leaves the previous one as it was.
+        `folder` (a RunFolder for run_dir) is told of each write and keeps the rules of what it held before.
         `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
         --resume.
         """
@@ -520,8 +546,7 @@ class Trainer:
         self.state = RunState()
         self.throughput = None        # training images/s since the previous validation
         self.resumed = False
-        self.protect_previous = protect_previous
-        self.claimed = False          # this run has written into run_dir
+        self.folder = folder or RunFolder(self.run_dir)
         self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
         self._saving = False          # a validation's checkpoints are being written
         self.data = data or {}
@@ -567,44 +592,25 @@ class Trainer:
                 "torch_rng": torch.get_rng_state(), "device_rng": device_rng_state(self.device),
                 "signature": self.signature, "data": self.data}
 
-    def _claim(self) -> None:
-        """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
-        if not self.claimed:
-            self.claimed = True
-            if not self.resumed:
-                for callback in self.callbacks:
-                    callback.before_first_save(self)
-
     def save_last(self) -> None:
-        self._claim()
+        self.folder.claim(self)
         first = self.saved_step is None
         if self.step != self.saved_step:
-            self._outdate_results()
+            self.folder.outdate(self)
         if self.is_main:
             save_checkpoint(self._checkpoint(), self.run_dir / FILES.LAST)
         self.saved_step = self.step
         if self.is_main:
             write_json(self.state.history, self.run_dir / FILES.HISTORY)
-        if first and not self.resumed:
-            for callback in self.callbacks:
-                callback.after_first_save(self)
-
-    def _outdate_results(self, best: bool = False) -> None:
-        """A resumed run whose checkpoints change is unfinished again until its new final evaluation: its
-        metrics.json goes before they change (with best.pt, also evaluation.json, --evaluate-only's
-        numbers of the best.pt being replaced), so no final numbers are left that they no longer back."""
-        if self.resumed and self.is_main:
-            for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
-                (self.run_dir / name).unlink(missing_ok=True)
+        if first:  # (a resumed run's last.pt was there before)
+            self.folder.after_first_save(self)
 
     def _kept(self) -> str:
         """What is on disk after an interrupted save."""
         if self.saved_step is not None:
             return (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command "
                     "plus --resume")
-        if self.protect_previous:
-            return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
-        return "nothing was saved"
+        return f"nothing was saved{self.folder.previous_kept()}"
 
     def resume(self) -> None:
         path = self.run_dir / FILES.LAST
@@ -634,7 +640,7 @@ class Trainer:
         self.clock.load_state_dict(state, self.run_dir)
         torch.set_rng_state(state["torch_rng"].cpu())
         set_device_rng_state(state["device_rng"], self.device)
-        self.resumed = self.claimed = True
+        self.resumed = self.folder.claimed = True
         self.saved_step = self.step
         self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.state.epoch}, "
                  f"best validation loss {self.state.best['loss']:.4f})")
@@ -678,8 +684,8 @@ class Trainer:
         improved = self.state.validated(point, result)
         saving = self.clock.spent("validation", started)
         if improved:
-            self._claim()
-            self._outdate_results(best=True)
+            self.folder.claim(self)
+            self.folder.outdate(self, best=True)
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
                                  "validation": point, "signature": self.signature, "data": self.data},
@@ -706,37 +712,14 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train, then evaluate the best weights on every split."""
-        with self._peers_watched():
-            self.train()
-            try:
-                self.metrics = self.final_evaluation()
-                return self.metrics
-            except KeyboardInterrupt:
-                raise TrainingInterrupted(
-                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
-                    "the same command plus --resume evaluates it") from None
-
-    @contextlib.contextmanager
-    def _peers_watched(self):
-        """Under torchrun, a collective that fails because another process died (killed, crashed) is no bug
-        of this one: say so, which checkpoint is kept, and how to go on."""
+        self.train()
         try:
-            yield
-        except RuntimeError as error:
-            if not (self.distributed and is_peer_failure(error)):
-                raise
-            # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            last, kept = self.run_dir / FILES.LAST, None
-            if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
-                with contextlib.suppress(UserError, KeyError, TypeError):
-                    step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
-                    kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
-            if kept is None:
-                previous = f", and the previous run in {self.run_dir} is as it was" if self.protect_previous else ""
-                kept = f"nothing of this run was saved{previous}; start it again with the same command"
-            raise UserError(f"another process of this torchrun run died (killed or crashed: see its output and "
-                            f"torchrun's summary) while this one was at step {self.step}; {kept}") from None
+            self.metrics = self.final_evaluation()
+            return self.metrics
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
+                "the same command plus --resume evaluates it") from None
 
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""
@@ -744,12 +727,8 @@ class Trainer:
             try:
                 self._train()
             except BaseException as error:
-                if not self.claimed or self.saved_step is not None:
-                    raise
-                for callback in self.callbacks:  # stopped before its first last.pt: a replaced run comes back
-                    callback.after_first_save(self)
-                if self.protect_previous and type(error) in (UserError, UsageError):  # e.g. a full disk
-                    raise type(error)(f"{error}; {self.run_dir} is as it was before this run") from None
+                if self.folder.claimed and self.saved_step is None:  # files written, but no last.pt yet
+                    self.folder.abandon(self, error)
                 raise
 
     def _train(self) -> None:
@@ -802,10 +781,9 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             clock.lap()
-            if self.protect_previous and not self.claimed:
-                raise TrainingInterrupted(
-                    f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
-                    f"previous run in {self.run_dir} is as it was") from None
+            if not self.folder.may_write:
+                raise TrainingInterrupted(f"interrupted at step {self.step}, before the first validation: nothing "
+                                          f"was saved{self.folder.previous_kept()}") from None
             if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
                 self.state.record(pending, rates)
                 try:
@@ -832,14 +810,14 @@ class Trainer:
     def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.
         self.state.record(pending, rates)
-        if not (self.protect_previous and not self.claimed):
-            self._claim()
+        if self.folder.may_write:
+            self.folder.claim(self)
             if self.is_main:
                 write_json(self.state.history, self.run_dir / FILES.HISTORY)
         if self.state.best["step"] is not None:
             kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.state.best['step']}) is kept"
-        elif self.protect_previous and not self.claimed:
-            kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
+        elif not self.folder.may_write:
+            kept = f"nothing was saved{self.folder.previous_kept()}"
         else:
             kept = "no validation had run yet, so there is no checkpoint"
         raise TrainingDiverged(f"training diverged at step {self.step} (loss {loss.item()}); {kept}; "
