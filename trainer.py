@@ -210,6 +210,12 @@ def interrupts_between_steps():
             signal.signal(sig, old)
 
 
+def validation_points(validations_per_epoch: int, steps_per_epoch: int) -> set[int]:
+    """Batch indices within an epoch after which to validate (the last is always one)."""
+    count = max(1, min(validations_per_epoch, steps_per_epoch))
+    return {round(steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
+
+
 def should_early_stop(validation_losses, patience: int) -> bool:
     """True when the lowest validation loss is `patience` or more validations old."""
     if len(validation_losses) <= patience:
@@ -241,6 +247,17 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
         return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Each group's initial rate times `factor` (as torch's LambdaLR sets it); returns the first group's."""
+    for group in optimizer.param_groups:
+        value = group["initial_lr"] * factor
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)  # the captured graph reads it from the GPU
+        else:
+            group["lr"] = value
+    return float(optimizer.param_groups[0]["initial_lr"] * factor)
 
 
 def training_step(network: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -344,6 +361,25 @@ def check_signature(state: dict, signature: dict, path: Path, action: str, may_d
                         "use the same settings, another --run-dir, or --overwrite to start over")
 
 
+def check_resumable(state: dict, run_dir: Path, signature: dict, data: dict, log) -> None:
+    """Refuse to resume the last.pt `state` of run_dir with other settings (`signature`) or other data than
+    it was trained with, or when the best weights it names are lost; `log` a new place of the same data."""
+    path, best = run_dir / FILES.LAST, run_dir / FILES.BEST
+    check_signature(state, signature, path, "resume")
+    saved_data = state.get("data") or {}
+    if data and saved_data and saved_data.get("fingerprint") != data.get("fingerprint"):
+        raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
+                        f"now {describe_data(data)}); pass the --data-dir it was trained on, or start "
+                        "over with --overwrite or another --run-dir")
+    if data and saved_data and saved_data.get("source") != data.get("source"):
+        log(f"the same data as before, now from {data['source']}")
+    if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
+        raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
+                        "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
+    if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
+        check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), signature, best, "resume")
+
+
 def earlier_wall_seconds(run_dir: Path, saved: list) -> list:
     """The wall times of a run's earlier processes as last.pt has them, or, for a finished run, as metrics.json
     has them (last.pt was saved before the final evaluation, which took time too)."""
@@ -401,6 +437,15 @@ class Stopwatch:
     def wall_seconds(self) -> list:
         """Wall time of every process of this run so far: the first start and each --resume."""
         return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
+
+    def summary(self, images_trained: int) -> dict:
+        """metrics.json's timings."""
+        wall, train_seconds = self.wall_seconds(), self.train_seconds
+        return dict(train_seconds=round(train_seconds, 2), images_trained=images_trained,
+                    train_images_per_s=round(images_trained / train_seconds, 1) if train_seconds else None,
+                    wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
+                    seconds={"training": round(train_seconds, 2),
+                             **{name: round(value, 2) for name, value in self.seconds.items()}})
 
     def state_dict(self) -> dict:
         return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()}
@@ -536,7 +581,7 @@ class Trainer:
         if config.max_steps:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.validate_at = self._validation_points()
+        self.validate_at = validation_points(config.validations_per_epoch, self.steps_per_epoch)
         self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
                             if config.cuda_graphs and self.device.type == "cuda" else None)
 
@@ -560,11 +605,6 @@ class Trainer:
         return self.state.step
 
     # ---------------------------------------------------------------- helpers
-
-    def _validation_points(self):
-        """Batch indices within an epoch after which to validate (the last is always one)."""
-        count = max(1, min(self.config.validations_per_epoch, self.steps_per_epoch))
-        return {round(self.steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
 
     def autocast(self, cache_enabled: bool = True):
         return autocast(self.device, self.config.precision, cache_enabled)
@@ -605,32 +645,12 @@ class Trainer:
         if first:  # (a resumed run's last.pt was there before)
             self.folder.after_first_save(self)
 
-    def _kept(self) -> str:
-        """What is on disk after an interrupted save."""
-        if self.saved_step is not None:
-            return (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command "
-                    "plus --resume")
-        return f"nothing was saved{self.folder.previous_kept()}"
-
     def resume(self) -> None:
         path = self.run_dir / FILES.LAST
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
-        check_signature(state, self.signature, path, "resume")
-        saved_data = state.get("data") or {}
-        if self.data and saved_data and saved_data.get("fingerprint") != self.data.get("fingerprint"):
-            raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
-                            f"now {describe_data(self.data)}); pass the --data-dir it was trained on, or start "
-                            "over with --overwrite or another --run-dir")
-        if self.data and saved_data and saved_data.get("source") != self.data.get("source"):
-            self.log(f"the same data as before, now from {self.data['source']}")
-        best = self.run_dir / FILES.BEST
-        if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
-            raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
-                            "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
-        if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
-            check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), self.signature, best, "resume")
+        check_resumable(state, self.run_dir, self.signature, self.data, self.log)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -652,17 +672,10 @@ class Trainer:
         if self.lr_schedule is None:
             lr = self.optimizer.param_groups[0]["lr"]
             return lr if isinstance(lr, float) else self.config.lr
-        factor = self.lr_schedule(self.step, self.total_steps)
-        for group in self.optimizer.param_groups:
-            value = group["initial_lr"] * factor
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(value)  # the captured graph reads it from the GPU
-            else:
-                group["lr"] = value
-        return float(self.optimizer.param_groups[0]["initial_lr"] * factor)
+        return set_learning_rate(self.optimizer, self.lr_schedule(self.step, self.total_steps))
 
     def _validate(self, pending_losses, rates, interval_images: int, interval_seconds: float) -> bool:
-        """Record losses, validate, keep the best weights; True when training should stop."""
+        """Record losses, validate, keep the best weights; True when training should stop early."""
         self.state.record(pending_losses, rates)
         started = time.perf_counter()
         result = self.evaluate(self.val_loader)
@@ -698,7 +711,11 @@ class Trainer:
         self.clock.spent("logging", logging)
         self.log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
                  f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
-        return should_early_stop(self.state.validation_losses(), self.config.early_stop_count)
+        self.state.early_stopped = should_early_stop(self.state.validation_losses(), self.config.early_stop_count)
+        if self.state.early_stopped:
+            self.log(f"early stopping: validation loss has not improved for {self.config.early_stop_count} "
+                     "validations")
+        return self.state.early_stopped
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
@@ -752,25 +769,20 @@ class Trainer:
                     pending.append((loss, accuracy))
                     rates.append(rate)
                     validation_due = self._advance(len(labels) * self.world_size)
-                    clock.count(len(labels) * self.world_size)
                     bar.update()
                     # check: a loss that is no longer finite ends the run, the last good checkpoints kept
                     if self.step % check_every == 0 and not torch.isfinite(loss):
                         self._diverged(pending, rates, loss)
                     # progress
                     if self.step % self.config.log_every == 0:
-                        images_per_s = clock.lap()[1]
                         bar.set_postfix(epoch=self.state.epoch, loss=f"{loss.item():.3f}",
-                                        val_acc=self.state.last_accuracy(), img_s=f"{images_per_s:.0f}")
-                    # validation: best weights and last.pt saved, perhaps early stopping
+                                        val_acc=self.state.last_accuracy(), img_s=f"{clock.lap()[1]:.0f}")
+                    # validation: best weights and last.pt saved; True: early stopping
                     if validation_due:
                         clock.lap()
-                        if self._validate(pending, rates, *clock.since_validation()):
-                            self.state.early_stopped = True
-                            self.log(f"early stopping: validation loss has not improved for "
-                                     f"{self.config.early_stop_count} validations")
-                            stop = True
+                        stop = self._validate(pending, rates, *clock.since_validation())
                         clock.restart()
+                    # Ctrl-C, acted on between steps
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
@@ -781,27 +793,33 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             clock.lap()
-            if not self.folder.may_write:
-                raise TrainingInterrupted(f"interrupted at step {self.step}, before the first validation: nothing "
-                                          f"was saved{self.folder.previous_kept()}") from None
-            if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
-                self.state.record(pending, rates)
-                try:
-                    self.save_last()
-                except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
-                    pass
-                else:
-                    raise TrainingInterrupted(
-                        f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; continue with the "
-                        "same command plus --resume") from None
-            raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
+            raise self._interruption(pending, rates) from None
         bar.close()
+
+    def _interruption(self, pending, rates) -> TrainingInterrupted:
+        """Save what an interrupted run can keep; the message says what that is."""
+        if not self.folder.may_write:
+            return TrainingInterrupted(f"interrupted at step {self.step}, before the first validation: nothing "
+                                       f"was saved{self.folder.previous_kept()}")
+        if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
+            self.state.record(pending, rates)
+            try:
+                self.save_last()
+            except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
+                pass
+            else:
+                return TrainingInterrupted(f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; "
+                                           "continue with the same command plus --resume")
+        kept = (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command plus "
+                "--resume" if self.saved_step is not None else f"nothing was saved{self.folder.previous_kept()}")
+        return TrainingInterrupted(f"interrupted again while saving step {self.step}: {kept}")
 
     def _advance(self, images: int) -> bool:
         """Count a step taken (after_step callbacks see it counted); True when a validation is due."""
         done_batch = self.state.batch_in_epoch
         self.state.step += 1
         self.state.images_trained += images
+        self.clock.count(images)
         for callback in self.callbacks:
             callback.after_step(self)
         self.state.next_batch(self.steps_per_epoch)
@@ -840,15 +858,8 @@ class Trainer:
         metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
                                   validation=state.last_validation[1] if known else None)
         self.clock.spent("final_evaluation", started)
-        wall, train_seconds = self.clock.wall_seconds(), self.clock.train_seconds
-        metrics.update(
-            best_step=state.best["step"], steps=self.step,
-            epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=state.early_stopped,
-            train_seconds=round(train_seconds, 2), images_trained=state.images_trained,
-            train_images_per_s=round(state.images_trained / train_seconds, 1) if train_seconds else None,
-            wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
-            seconds={"training": round(train_seconds, 2),
-                     **{name: round(value, 2) for name, value in self.clock.seconds.items()}})
+        metrics.update(best_step=state.best["step"], steps=self.step, epochs=round(self.step / self.steps_per_epoch, 3),
+                       early_stopped=state.early_stopped, **self.clock.summary(state.images_trained))
         if self.is_main:
             write_json(metrics, self.run_dir / FILES.METRICS)
         return metrics
