@@ -513,12 +513,17 @@ class RunState:
         if self.batch_in_epoch == steps_per_epoch:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
-    def train_accuracy(self) -> float | None:
-        """The running accuracy of the batches trained since the previous validation (None: none recorded)."""
+    def validation_point(self, result: dict, steps_per_epoch: int) -> dict:
+        """The history's entry for a validation at this step with `result`: where, its loss and accuracy, and
+        the running accuracy of the batches trained since the previous validation (where recorded)."""
+        point = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 3), "loss": result["loss"],
+                 "accuracy": result["accuracy"]}
         since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
         trained = self.history.get("train_accuracy", {"steps": [], "values": []})
         interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
-        return sum_in_order(interval) / len(interval) if interval else None
+        if interval:
+            point["train_accuracy"] = sum_in_order(interval) / len(interval)
+        return point
 
     def validated(self, point: dict, result: dict) -> bool:
         """Record a validation (its history entry and full result); True when it is the best so far."""
@@ -562,13 +567,11 @@ class Trainer:
         self.distributed = dist.is_available() and dist.is_initialized()
         self.is_main = is_main_process()
         self.world_size = dist.get_world_size() if self.distributed else 1
-
         memory_format = torch.channels_last if config.channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         # DDP averages gradients across processes; the unwrapped model is what gets saved.
-        self.network = (nn.parallel.DistributedDataParallel(self.model) if self.distributed
-                        else self.model)
+        self.network = nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
         self.optimizer = optimizer or build_optimizer(config, self.model.parameters())
         for group in self.optimizer.param_groups:  # the schedule's base (a number, even where lr is a GPU tensor)
             group.setdefault("initial_lr", float(group["lr"]))
@@ -577,17 +580,13 @@ class Trainer:
         self.predict = predict or self.model
         self.callbacks = list(callbacks)
         self.steps_per_epoch = len(train_loader) if train_loader is not None else 1
-        self.total_steps = config.epochs * self.steps_per_epoch
-        if config.max_steps:
-            self.total_steps = min(self.total_steps, config.max_steps)
+        self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = validation_points(config.validations_per_epoch, self.steps_per_epoch)
         self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
                             if config.cuda_graphs and self.device.type == "cuda" else None)
-
-        self.settings = settings or {}
         self.signature = {"model": model_signature(self.model),
-                          **{k: v for k, v in {**asdict(config), **self.settings}.items() if role(k) == EXPERIMENT}}
+                          **{k: v for k, v in {**asdict(config), **(settings or {})}.items() if role(k) == EXPERIMENT}}
         self.state = RunState()
         self.throughput = None        # training images/s since the previous validation
         self.resumed = False
@@ -604,8 +603,6 @@ class Trainer:
         """Optimisation steps taken (what callbacks go by)."""
         return self.state.step
 
-    # ---------------------------------------------------------------- helpers
-
     def autocast(self, cache_enabled: bool = True):
         return autocast(self.device, self.config.precision, cache_enabled)
 
@@ -616,8 +613,6 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message, file=sys.stderr)
-
-    # ---------------------------------------------------------------- evaluation
 
     def evaluate(self, loader) -> dict:
         return evaluate(self.model, loader, self.device, self.predict, self.config.precision, self.memory_format)
@@ -684,11 +679,7 @@ class Trainer:
             # go bad just before a validation; they must not reach last.pt.
             self._diverged([], [], torch.tensor(result["loss"]))
         self.throughput = interval_images / interval_seconds if interval_seconds > 0 else None
-        point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
-                 "loss": result["loss"], "accuracy": result["accuracy"]}
-        train_accuracy = self.state.train_accuracy()
-        if train_accuracy is not None:
-            point["train_accuracy"] = train_accuracy
+        point = self.state.validation_point(result, self.steps_per_epoch)
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
         # From here until last.pt holds this validation, a second Ctrl-C saves nothing more: the files on
@@ -731,7 +722,7 @@ class Trainer:
         """Train, then evaluate the best weights on every split."""
         self.train()
         try:
-            self.metrics = self.final_evaluation()
+            self.metrics = final_evaluation(self)
             return self.metrics
         except KeyboardInterrupt:
             raise TrainingInterrupted(
@@ -841,29 +832,6 @@ class Trainer:
         raise TrainingDiverged(f"training diverged at step {self.step} (loss {loss.item()}); {kept}; "
                                f"lower --lr (now {self.config.lr})")
 
-    # ---------------------------------------------------------------- the end
-
-    def final_evaluation(self) -> dict:
-        """Reload the best weights and evaluate on the whole train, validation and test sets."""
-        best, started = self.run_dir / FILES.BEST, time.perf_counter()
-        if self.distributed:
-            dist.barrier()  # rank 0 has finished writing best.pt
-        # When the best weights are the last ones (validated at this very step), they are already
-        # in memory and their validation numbers are known: no reload, no second validation pass.
-        state = self.state
-        at_best = state.best["step"] == self.step
-        if not at_best:
-            self.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=self.device)["model"])
-        known = at_best and state.last_validation and state.last_validation[0] == self.step
-        metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
-                                  validation=state.last_validation[1] if known else None)
-        self.clock.spent("final_evaluation", started)
-        metrics.update(best_step=state.best["step"], steps=self.step, epochs=round(self.step / self.steps_per_epoch, 3),
-                       early_stopped=state.early_stopped, **self.clock.summary(state.images_trained))
-        if self.is_main:
-            write_json(metrics, self.run_dir / FILES.METRICS)
-        return metrics
-
     def parameters_changed(self) -> None:
         """Call after changing which parameters train (e.g. freezing a layer): DDP registered the old set.
         (A CUDA-graph step notices by itself and captures anew.)"""
@@ -881,6 +849,29 @@ def evaluate_splits(evaluate_on, train_loader, val_loader, test_loader, validati
     train = evaluate_on(train_loader)
     return {"train": {k: train[k] for k in ("loss", "accuracy")},
             "validation": validation or evaluate_on(val_loader), "test": evaluate_on(test_loader)}
+
+
+def final_evaluation(trainer: "Trainer") -> dict:
+    """The end of training: reload the best weights, evaluate them on the whole train, validation and test sets,
+    and write metrics.json: those numbers, where the run stopped, and its timings."""
+    best, started = trainer.run_dir / FILES.BEST, time.perf_counter()
+    if trainer.distributed:
+        dist.barrier()  # rank 0 has finished writing best.pt
+    # When the best weights are the last ones (validated at this very step), they are already
+    # in memory and their validation numbers are known: no reload, no second validation pass.
+    state, at_best = trainer.state, trainer.state.best["step"] == trainer.step
+    if not at_best:
+        trainer.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=trainer.device)["model"])
+    known = at_best and state.last_validation and state.last_validation[0] == trainer.step
+    metrics = evaluate_splits(trainer.evaluate, trainer.train_loader, trainer.val_loader, trainer.test_loader,
+                              validation=state.last_validation[1] if known else None)
+    trainer.clock.spent("final_evaluation", started)
+    metrics.update(best_step=state.best["step"], steps=trainer.step,
+                   epochs=round(trainer.step / trainer.steps_per_epoch, 3), early_stopped=state.early_stopped,
+                   **trainer.clock.summary(state.images_trained))
+    if trainer.is_main:
+        write_json(metrics, trainer.run_dir / FILES.METRICS)
+    return metrics
 
 
 def evaluate_checkpoint(trainer: "Trainer", path: Path) -> dict:

@@ -10,7 +10,7 @@ import dataloaders
 import figures
 import utils
 from task3d import Lookahead
-from trainer import RunState, TrainConfig, Trainer, should_early_stop
+from trainer import RunState, TrainConfig, Trainer, final_evaluation, should_early_stop
 from utils import UserError
 
 
@@ -66,7 +66,7 @@ def test_early_stopping_and_best_checkpoint(folder_data, tmp_path, monkeypatch):
     steps_per_epoch = len(trainer.train_loader)
     assert [v["step"] for v in validations[:2]] == [round(steps_per_epoch / 2), steps_per_epoch]
 
-    trainer.final_evaluation()
+    final_evaluation(trainer)
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(tensor, best["model"][name]), f"{name} not reloaded from best.pt"
     assert any(not torch.equal(t, last["model"][n]) for n, t in trainer.model.state_dict().items())
@@ -75,7 +75,7 @@ def test_early_stopping_and_best_checkpoint(folder_data, tmp_path, monkeypatch):
 def test_final_evaluation_covers_every_image(folder_data, tmp_path):
     trainer = make_trainer(folder_data, tmp_path, max_steps=3)
     trainer.train()
-    metrics = trainer.final_evaluation()
+    metrics = final_evaluation(trainer)
     # Recompute by hand over every image of each split with the best weights (the validation
     # numbers are those of the last validation, taken with these weights, not a second pass).
     assert trainer.state.best["step"] == trainer.step == 3
