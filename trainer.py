@@ -154,11 +154,11 @@ class RunFolder:
         self.path, self.claimed = Path(path), False  # claimed: this run has written into it
 
     def claim(self, trainer: "Trainer") -> None:
-        """Before each write of the run's files: the first of a new run calls before_first_save."""
+        """Before each write of the run's files: the first calls before_first_save (a resumed run's folder is
+        claimed already)."""
         if not self.claimed:
             self.claimed = True
-            if not trainer.resumed:
-                self.before_first_save(trainer)
+            self.before_first_save(trainer)
 
     def before_first_save(self, trainer: "Trainer") -> None:
         """Before a new run writes its first file."""
