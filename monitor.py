@@ -19,8 +19,8 @@ CSV_COLUMNS = ("step", "epoch", "learning_rate", "train_loss", "validation_loss"
 
 
 def csv_row(trainer, point: dict, timed: bool = True) -> dict:
-    """One metrics.csv row for a validation point of `trainer.history`."""
-    history = trainer.history
+    """One metrics.csv row for a validation point of `trainer.state.history`."""
+    history = trainer.state.history
     validations = [p["step"] for p in history["validation"]]
     index = validations.index(point["step"])
     since = validations[index - 1] if index else 0
@@ -58,7 +58,7 @@ class MetricsCSV(Callback):
             except (OSError, ValueError, KeyError, csv.Error):
                 kept = {}  # damaged: rebuilt from the history below
         rows = [kept.get(point["step"]) or csv_row(trainer, point, timed=False)
-                for point in trainer.history["validation"]]
+                for point in trainer.state.history["validation"]]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -90,9 +90,9 @@ class LiveFigure(Callback):
     def after_validation(self, trainer, point: dict) -> None:
         if not trainer.is_main or (self.drawn_at is not None and time.perf_counter() - self.drawn_at < self.min_seconds):
             return
-        figures.training_curves({self.title: trainer.history}, self.path, show_test=self.show_test,
+        figures.training_curves({self.title: trainer.state.history}, self.path, show_test=self.show_test,
                                 title=f"{self.title} (in progress: step {trainer.step} of {trainer.total_steps})",
-                                marks={self.title: {"best": trainer.best["step"]}})
+                                marks={self.title: {"best": trainer.state.best["step"]}})
         self.drawn_at = time.perf_counter()
 
 
@@ -111,7 +111,7 @@ class TensorBoard(Callback):
             from torch.utils.tensorboard import SummaryWriter
             # On --resume, events past the checkpoint (written before an interruption) are dropped.
             self.writer = SummaryWriter(str(self.folder), purge_step=trainer.step if trainer.resumed else None)
-            self.logged_steps = len(trainer.history["train_loss"]["steps"])
+            self.logged_steps = len(trainer.state.history["train_loss"]["steps"])
         return self.writer
 
     def after_validation(self, trainer, point: dict) -> None:
@@ -119,7 +119,7 @@ class TensorBoard(Callback):
             return
         writer = self._open(trainer)
         self.trainer = trainer
-        train = trainer.history["train_loss"]
+        train = trainer.state.history["train_loss"]
         for step, value in zip(train["steps"][self.logged_steps:], train["values"][self.logged_steps:]):
             writer.add_scalar("train/loss_per_step", value, step)
         self.logged_steps = len(train["steps"])
@@ -131,7 +131,8 @@ class TensorBoard(Callback):
 
     def close(self) -> None:
         if self.writer is not None:
-            figure = figures.training_curves_figure({self.title: self.trainer.history}, self.title, self.show_test)
+            history = self.trainer.state.history
+            figure = figures.training_curves_figure({self.title: history}, self.title, self.show_test)
             self.writer.add_figure("training curves", figure, self.trainer.step)
             self.writer.close()
             self.writer = None

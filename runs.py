@@ -22,6 +22,7 @@ import math
 import numbers
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,9 +35,9 @@ import dataloaders
 import figures
 import hardware
 import monitor
-from trainer import (EXPERIMENT, FILES, Callback, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
-                     describe_data, format_final_table, role)
-from utils import UsageError, UserError, check_writable, read_json, set_seed, write_json
+from trainer import (EXPERIMENT, FILES, RunFolder, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
+                     describe_data, evaluate_checkpoint, format_final_table, role)
+from utils import UsageError, UserError, check_writable, load_checkpoint, read_json, set_seed, write_json
 
 ROOT = Path(__file__).resolve().parent
 RUNS_DIR = ROOT / "runs"
@@ -424,21 +425,69 @@ def json_value(value):
     return value
 
 
-class RunFiles(Callback):
-    """Writes config.json and replaces a previous run's files: moved aside before the run's first
-    checkpoint, removed once it is on disk, put back if the run stops before."""
+class RunFiles(RunFolder):
+    """The rules of a run's folder. A previous run there (`protect_previous`: replaced with --overwrite) stays
+    as it was until this run's first validation; then its files are moved aside (and config.json written),
+    removed once this run's first last.pt is on disk, put back if the run stops before. A resumed run whose
+    checkpoints change is unfinished again: its final numbers go first."""
 
-    def __init__(self, run: "Run"):
-        self.run = run
+    def __init__(self, run: "Run", protect_previous: bool):
+        super().__init__(run.dir)
+        self.run, self.protect_previous = run, protect_previous
+
+    @property
+    def may_write(self) -> bool:
+        return self.claimed or not self.protect_previous
 
     def before_first_save(self, trainer) -> None:
+        if self.run.args.evaluate_only:  # a script that called trainer.fit() where run.fit(trainer) belongs
+            raise UserError("--evaluate-only changes no run: the script must call run.fit(trainer)")
         if trainer.is_main:
-            set_aside(trainer.run_dir)
+            set_aside(self.path)
             self.run.write_config()
 
     def after_first_save(self, trainer) -> None:
         if trainer.is_main:
-            settle(trainer.run_dir)
+            settle(self.path)
+
+    def abandon(self, trainer, error: BaseException) -> None:
+        self.after_first_save(trainer)  # without a last.pt of this run, settle() brings a replaced run back
+        if self.protect_previous and type(error) in (UserError, UsageError):  # e.g. a full disk
+            raise type(error)(f"{error}; {self.path} is as it was before this run") from None
+
+    def outdate(self, trainer, best: bool = False) -> None:
+        """metrics.json goes before a resumed run's checkpoints change (with best.pt, also evaluation.json,
+        --evaluate-only's numbers of the best.pt being replaced): no final numbers are left that they no
+        longer back."""
+        if trainer.resumed and trainer.is_main:
+            for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
+                (self.path / name).unlink(missing_ok=True)
+
+    def previous_kept(self) -> str:
+        return f", and the previous run in {self.path} is as it was" if self.protect_previous else ""
+
+
+@contextlib.contextmanager
+def peers_watched(trainer: Trainer):
+    """Under torchrun, a collective that fails because another process died (killed, crashed) is no bug
+    of this one: say so, which checkpoint is kept, and how to go on."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not (trainer.distributed and hardware.is_peer_failure(error)):
+            raise
+        # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        last, kept = trainer.run_dir / FILES.LAST, None
+        if trainer.folder.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
+            with contextlib.suppress(UserError, KeyError, TypeError):
+                step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
+                kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
+        if kept is None:
+            kept = (f"nothing of this run was saved{trainer.folder.previous_kept()}; start it again with the same "
+                    "command")
+        raise UserError(f"another process of this torchrun run died (killed or crashed: see its output and "
+                        f"torchrun's summary) while this one was at step {trainer.step}; {kept}") from None
 
 
 _held: list["Run"] = []  # runs started in this process whose folder is still locked
@@ -546,16 +595,19 @@ class Run:
         if self.config.cuda_graphs and why_not:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"
-        own = [RunFiles(self), monitor.MetricsCSV(self.dir / FILES.METRICS_CSV),
+        own = [monitor.MetricsCSV(self.dir / FILES.METRICS_CSV),
                monitor.LiveFigure(self.figure_path, marked(self.title, caveats(self.config_record())),
                                   show_test=self.config.track_test)]
         if args.tensorboard:
             own.append(monitor.TensorBoard(self.dir / TENSORBOARD_DIR, self.title, self.config.track_test))
         trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
                           optimizer=optimizer, callbacks=[*callbacks, *own], settings=run_settings(args),
-                          protect_previous=self.previous != "empty" and not args.resume,
-                          evaluate_only=args.evaluate_only, started=self.started, data=self.data_identity,
-                          **recipe)
+                          folder=RunFiles(self, protect_previous=self.previous != "empty" and not args.resume),
+                          started=self.started, data=self.data_identity, **recipe)
+        config = self.config
+        if config.max_steps and config.max_steps > trainer.total_steps and not args.evaluate_only:
+            trainer.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
+                        f"the run after {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch)")
         if args.compile:
             trainer.network = torch.compile(trainer.network)
         if args.resume:
@@ -594,8 +646,17 @@ class Run:
 
     # ---------------------------------------------------------------- the end
 
+    def fit(self, trainer: Trainer) -> dict:
+        """What the command asks: train (trainer.fit()), or with --evaluate-only evaluate the run's best.pt
+        on every split, training and changing nothing."""
+        if self.args.evaluate_only:
+            trainer.metrics = evaluate_checkpoint(trainer, self.dir / FILES.BEST)
+            return trainer.metrics
+        with peers_watched(trainer):
+            return trainer.fit()
+
     def finish(self, trainer: Trainer) -> dict:
-        """Print the final table of trainer.fit(); write the figure (or evaluation.json after
+        """Print the final table of run.fit(trainer); write the figure (or evaluation.json after
         --evaluate-only); release the folder. Returns the final metrics."""
         metrics = trainer.metrics
         try:
@@ -643,7 +704,7 @@ class Run:
             return
         notes = caveats(self.config_record())
         figure = figures.training_curves(
-            {self.title: trainer.history}, self.figure_path, show_test=self.config.track_test,
+            {self.title: trainer.state.history}, self.figure_path, show_test=self.config.track_test,
             title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
             marks={self.title: figures.run_marks(metrics, trainer.history)})
         print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "

@@ -43,7 +43,7 @@ def train(args):
     run = Run.start(args, title="Task 2")
     train_loader, val_loader, test_loader = run.load_cifar10()
     trainer = run.trainer(Task2Model(), train_loader, val_loader, test_loader)
-    trainer.fit()
+    run.fit(trainer)
     return run.finish(trainer)
 
 

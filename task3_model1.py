@@ -64,7 +64,7 @@ def train(args):
     run = Run.start(args, title="Task 3 Model 1" if deep else "Task 3c before deepening")
     train_loader, val_loader, test_loader = run.load_cifar10()
     trainer = run.trainer(Model1(args.convs_per_stage, args.activation), train_loader, val_loader, test_loader)
-    trainer.fit()
+    run.fit(trainer)
     return run.finish(trainer)
 
 

@@ -50,7 +50,7 @@ def train(args):
     run = Run.start(args, title="Task 3 Model 2")
     train_loader, val_loader, test_loader = run.load_cifar10()
     trainer = run.trainer(Model2(args.activation), train_loader, val_loader, test_loader)
-    trainer.fit()
+    run.fit(trainer)
     return run.finish(trainer)
 
 

@@ -54,7 +54,7 @@ def train(args):
     run = Run.start(args, title="Task 4a: ResNet-18 transfer learning")
     train_loader, val_loader, test_loader = run.load_cifar10(transform=dataloaders.imagenet_transform(args.image_size))
     trainer = run.trainer(transfer_model(pretrained, args.finetune), train_loader, val_loader, test_loader)
-    trainer.fit()
+    run.fit(trainer)
     return run.finish(trainer)
 
 

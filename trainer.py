@@ -27,8 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 import cuda_graphs
-from hardware import DTYPES, is_main_process, is_peer_failure
-from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
+from hardware import DTYPES, is_main_process
+from utils import UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -90,15 +90,6 @@ class TrainConfig:
 ROLES.update({f.name: f.metadata["role"] for f in fields(TrainConfig) if f.metadata["role"] != EXPERIMENT})
 
 
-# What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
-# (another program's, a best.pt copied over last.pt) and is refused by name, not met by a KeyError later.
-LAST_CHECKPOINT = {"model": dict, "optimizer": dict, "scaler": dict, "step": int, "epoch": int,
-                   "batch_in_epoch": int, "history": dict, "best": dict, "callbacks": list,
-                   "train_seconds": (int, float), "images_trained": int, "wall_seconds": list,
-                   "torch_rng": torch.Tensor, "signature": dict}
-BEST_CHECKPOINT = {"model": dict, "step": int, "signature": dict}
-
-
 def load_own_checkpoint(path: Path, form: dict, map_location="cpu") -> dict:
     """A last.pt (form=LAST_CHECKPOINT) or best.pt (BEST_CHECKPOINT) this loop wrote, else one UserError."""
     state = load_checkpoint(path, map_location=map_location)
@@ -106,8 +97,8 @@ def load_own_checkpoint(path: Path, form: dict, map_location="cpu") -> dict:
         problem = f"it holds a {type(state).__name__}"
     else:
         wrong = [key for key, kind in form.items() if not isinstance(state.get(key), kind)]
-        if form is LAST_CHECKPOINT and not wrong and not {"step", "loss"} <= set(state["best"]):
-            wrong = ["best"]
+        if form is LAST_CHECKPOINT and not wrong:
+            wrong = RunState.malformed(state)
         problem = wrong and f"no valid {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
         if wrong and form is LAST_CHECKPOINT and all(isinstance(state.get(k), t) for k, t in BEST_CHECKPOINT.items()):
             problem += ": it is a best.pt (weights only), which cannot be resumed"
@@ -129,10 +120,8 @@ class Callback:
     """The training loop's extension points; override what a task needs.
 
     on_train_start runs once per process before the first step (after --resume restored the state),
-    after_step after every optimisation step, after_validation once last.pt holds that validation,
-    before_first_save before a new run writes its first file into the run directory, after_first_save
-    once its first last.pt is written or the run has stopped before it could be (error, interrupt). state_dict /
-    load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
+    after_step after every optimisation step, after_validation once last.pt holds that validation.
+    state_dict / load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
     """
 
     def on_train_start(self, trainer: "Trainer") -> None:
@@ -144,12 +133,6 @@ class Callback:
     def after_validation(self, trainer: "Trainer", point: dict) -> None:
         pass
 
-    def before_first_save(self, trainer: "Trainer") -> None:
-        pass
-
-    def after_first_save(self, trainer: "Trainer") -> None:
-        pass
-
     def state_dict(self):
         return None
 
@@ -158,6 +141,41 @@ class Callback:
 
     def close(self) -> None:
         """The run is over (files to close)."""
+
+
+class RunFolder:
+    """The run folder as training writes into it: from the first validation on, each write announced (`claim`).
+    This one holds nothing but the run's own files; runs.RunFiles adds the rules of a folder that holds a
+    previous run (replaced with --overwrite) or a finished one (--resume)."""
+
+    may_write = True  # False: nothing may be written yet (not even on Ctrl-C or divergence)
+
+    def __init__(self, path):
+        self.path, self.claimed = Path(path), False  # claimed: this run has written into it
+
+    def claim(self, trainer: "Trainer") -> None:
+        """Before each write of the run's files: the first calls before_first_save (a resumed run's folder is
+        claimed already)."""
+        if not self.claimed:
+            self.claimed = True
+            self.before_first_save(trainer)
+
+    def before_first_save(self, trainer: "Trainer") -> None:
+        """Before a new run writes its first file."""
+
+    def after_first_save(self, trainer: "Trainer") -> None:
+        """Once its first last.pt is written."""
+
+    def abandon(self, trainer: "Trainer", error: BaseException) -> None:
+        """The run has written files but stopped (error, interrupt) before its first last.pt: undo what needs
+        undoing; raise to say more than `error`."""
+
+    def outdate(self, trainer: "Trainer", best: bool = False) -> None:
+        """Before the checkpoints change (with best: best.pt too)."""
+
+    def previous_kept(self) -> str:
+        """How a message that nothing of this run was saved goes on."""
+        return ""
 
 
 @contextlib.contextmanager
@@ -192,6 +210,12 @@ def interrupts_between_steps():
             signal.signal(sig, old)
 
 
+def validation_points(validations_per_epoch: int, steps_per_epoch: int) -> set[int]:
+    """Batch indices within an epoch after which to validate (the last is always one)."""
+    count = max(1, min(validations_per_epoch, steps_per_epoch))
+    return {round(steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
+
+
 def should_early_stop(validation_losses, patience: int) -> bool:
     """True when the lowest validation loss is `patience` or more validations old."""
     if len(validation_losses) <= patience:
@@ -223,6 +247,17 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
         return torch.optim.RMSprop(parameters, lr=config.lr, momentum=config.momentum,
                                    weight_decay=config.weight_decay)
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
+    """Each group's initial rate times `factor` (as torch's LambdaLR sets it); returns the first group's."""
+    for group in optimizer.param_groups:
+        value = group["initial_lr"] * factor
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)  # the captured graph reads it from the GPU
+        else:
+            group["lr"] = value
+    return float(optimizer.param_groups[0]["initial_lr"] * factor)
 
 
 def training_step(network: nn.Module, loss_fn, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -326,6 +361,25 @@ def check_signature(state: dict, signature: dict, path: Path, action: str, may_d
                         "use the same settings, another --run-dir, or --overwrite to start over")
 
 
+def check_resumable(state: dict, run_dir: Path, signature: dict, data: dict, log) -> None:
+    """Refuse to resume the last.pt `state` of run_dir with other settings (`signature`) or other data than
+    it was trained with, or when the best weights it names are lost; `log` a new place of the same data."""
+    path, best = run_dir / FILES.LAST, run_dir / FILES.BEST
+    check_signature(state, signature, path, "resume")
+    saved_data = state.get("data") or {}
+    if data and saved_data and saved_data.get("fingerprint") != data.get("fingerprint"):
+        raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
+                        f"now {describe_data(data)}); pass the --data-dir it was trained on, or start "
+                        "over with --overwrite or another --run-dir")
+    if data and saved_data and saved_data.get("source") != data.get("source"):
+        log(f"the same data as before, now from {data['source']}")
+    if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
+        raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
+                        "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
+    if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
+        check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), signature, best, "resume")
+
+
 def earlier_wall_seconds(run_dir: Path, saved: list) -> list:
     """The wall times of a run's earlier processes as last.pt has them, or, for a finished run, as metrics.json
     has them (last.pt was saved before the final evaluation, which took time too)."""
@@ -384,196 +438,61 @@ class Stopwatch:
         """Wall time of every process of this run so far: the first start and each --resume."""
         return self.earlier_wall_seconds + [round(time.perf_counter() - self.started, 1)]
 
+    def summary(self, images_trained: int) -> dict:
+        """metrics.json's timings."""
+        wall, train_seconds = self.wall_seconds(), self.train_seconds
+        return dict(train_seconds=round(train_seconds, 2), images_trained=images_trained,
+                    train_images_per_s=round(images_trained / train_seconds, 1) if train_seconds else None,
+                    wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
+                    seconds={"training": round(train_seconds, 2),
+                             **{name: round(value, 2) for name, value in self.seconds.items()}})
 
-class Trainer:
-    def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
-                 run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
-                 loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
-                 protect_previous: bool = False, evaluate_only: bool = False, started: float | None = None,
-                 data: dict | None = None):
-        """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
-        training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
-        model's by default). `settings` (the script's resolved command line) is compared on --resume.
-        With `protect_previous`, nothing is written into run_dir (a finished run being replaced) until
-        the first validation, so a run that fails before it leaves the previous one as it was.
-        With `evaluate_only`, fit() evaluates best.pt and trains nothing.
-        `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
-        --resume.
-        """
-        self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
-        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
-        self.distributed = dist.is_available() and dist.is_initialized()
-        self.is_main = is_main_process()
-        self.world_size = dist.get_world_size() if self.distributed else 1
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds()}
 
-        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory_format)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        # DDP averages gradients across processes; the unwrapped model is what gets saved.
-        self.network = (nn.parallel.DistributedDataParallel(self.model) if self.distributed
-                        else self.model)
-        self.optimizer = optimizer or build_optimizer(config, self.model.parameters())
-        for group in self.optimizer.param_groups:  # the schedule's base (a number, even where lr is a GPU tensor)
-            group.setdefault("initial_lr", float(group["lr"]))
-        self.lr_schedule = lr_schedule
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
-        self.predict = predict or self.model
-        self.callbacks = list(callbacks)
-        self.steps_per_epoch = len(train_loader) if train_loader is not None else 1
-        self.total_steps = config.epochs * self.steps_per_epoch
-        if config.max_steps:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        if config.max_steps and config.max_steps > self.total_steps and not evaluate_only:
-            self.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
-                     f"the run after {self.total_steps} steps ({self.steps_per_epoch} per epoch)")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.validate_at = self._validation_points()
-        self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
-                            if config.cuda_graphs and self.device.type == "cuda" else None)
+    def load_state_dict(self, saved: dict, run_dir: Path) -> None:
+        self.train_seconds = saved["train_seconds"]
+        self.earlier_wall_seconds = earlier_wall_seconds(run_dir, list(saved["wall_seconds"]))
 
-        self.settings = settings or {}
-        self.signature = {"model": model_signature(self.model),
-                          **{k: v for k, v in {**asdict(config), **self.settings}.items() if role(k) == EXPERIMENT}}
-        self.step = 0                 # optimisation steps taken
-        self.epoch, self.batch_in_epoch = 0, 0
-        self.history = {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
-                        "learning_rate": {"steps": [], "values": []},
-                        "validation": []}
-        self.best = {"loss": math.inf, "step": None}
-        self.early_stopped = False
-        self.images_trained = 0       # all processes together
-        self.throughput = None        # training images/s since the previous validation
-        self.resumed = False
-        self.protect_previous, self.evaluate_only = protect_previous, evaluate_only
-        self.claimed = False          # this run has written into run_dir
-        self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
-        self._saving = False          # a validation's checkpoints are being written
-        self.data = data or {}
-        self.last_validation = None   # (step, full evaluation result) of the latest validation
-        self.metrics = None           # fit()'s result
-        self.clock = Stopwatch(started)
-        self._interrupted = []        # signals received during train(), acted on between steps
 
-    # ---------------------------------------------------------------- helpers
+def new_history() -> dict:
+    return {"train_loss": {"steps": [], "values": []}, "train_accuracy": {"steps": [], "values": []},
+            "learning_rate": {"steps": [], "values": []}, "validation": []}
 
-    def _validation_points(self):
-        """Batch indices within an epoch after which to validate (the last is always one)."""
-        count = max(1, min(self.config.validations_per_epoch, self.steps_per_epoch))
-        return {round(self.steps_per_epoch * (i + 1) / count) - 1 for i in range(count)}
 
-    def autocast(self, cache_enabled: bool = True):
-        return autocast(self.device, self.config.precision, cache_enabled)
+@dataclass
+class RunState:
+    """Where a run is and what it has seen: its position (steps taken, epoch, batch within it), its history
+    (each step's loss, batch accuracy and learning rate; each validation), the best validation so far and
+    the images trained. last.pt keeps it (state_dict, of the kinds FORM names); --resume restores it."""
+    step: int = 0                 # optimisation steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    history: dict = field(default_factory=new_history)
+    best: dict = field(default_factory=lambda: {"loss": math.inf, "step": None})
+    images_trained: int = 0       # all processes together
+    early_stopped: bool = False   # derived from the history, never saved: --resume may raise --early-stop-count
+    last_validation: tuple | None = None  # (step, full evaluation result) of this process's latest validation
 
-    def prepare(self, images):
-        """A batch in the memory layout the model runs fastest in."""
-        return images.contiguous(memory_format=self.memory_format)
+    FORM = {"step": int, "epoch": int, "batch_in_epoch": int, "history": dict, "best": dict, "images_trained": int}
 
-    def _last_accuracy(self) -> str:
-        validations = self.history["validation"]
-        return f"{validations[-1]['accuracy']:.3f}" if validations else "-"
+    def state_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.FORM}
 
-    def log(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message, file=sys.stderr)
+    def load_state_dict(self, saved: dict, early_stop_count: int) -> None:
+        for key in self.FORM:
+            setattr(self, key, saved[key])
+        # A run that stopped early stays stopped unless --early-stop-count grows.
+        self.early_stopped = should_early_stop(self.validation_losses(), early_stop_count)
 
-    # ---------------------------------------------------------------- evaluation
+    @staticmethod
+    def malformed(saved: dict) -> list[str]:
+        """What FORM's kinds cannot tell of a saved state that has them: the keys that are still wrong."""
+        return [] if {"step", "loss"} <= set(saved["best"]) else ["best"]
 
-    def evaluate(self, loader) -> dict:
-        return evaluate(self.model, loader, self.device, self.predict, self.config.precision, self.memory_format)
-
-    # ---------------------------------------------------------------- checkpoints
-
-    def _state(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(), "step": self.step, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "history": self.history, "best": self.best,
-                "callbacks": [callback.state_dict() for callback in self.callbacks],
-                "train_seconds": self.clock.train_seconds, "images_trained": self.images_trained,
-                "wall_seconds": self.clock.wall_seconds(), "torch_rng": torch.get_rng_state(),
-                "device_rng": device_rng_state(self.device), "signature": self.signature, "data": self.data}
-
-    def _claim(self) -> None:
-        """Before this run's first file: callbacks replace a previous run (config.json, old files)."""
-        if not self.claimed:
-            self.claimed = True
-            if not self.resumed:
-                for callback in self.callbacks:
-                    callback.before_first_save(self)
-
-    def save_last(self) -> None:
-        self._claim()
-        first = self.saved_step is None
-        if self.step != self.saved_step:
-            self._outdate_results()
-        if self.is_main:
-            save_checkpoint(self._state(), self.run_dir / FILES.LAST)
-        self.saved_step = self.step
-        if self.is_main:
-            write_json(self.history, self.run_dir / FILES.HISTORY)
-        if first and not self.resumed:
-            for callback in self.callbacks:
-                callback.after_first_save(self)
-
-    def _outdate_results(self, best: bool = False) -> None:
-        """A resumed run whose checkpoints change is unfinished again until its new final evaluation: its
-        metrics.json goes before they change (with best.pt, also evaluation.json, --evaluate-only's
-        numbers of the best.pt being replaced), so no final numbers are left that they no longer back."""
-        if self.resumed and self.is_main:
-            for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
-                (self.run_dir / name).unlink(missing_ok=True)
-
-    def _kept(self) -> str:
-        """What is on disk after an interrupted save."""
-        if self.saved_step is not None:
-            return (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command "
-                    "plus --resume")
-        if self.protect_previous:
-            return f"nothing was saved, and the previous run in {self.run_dir} is as it was"
-        return "nothing was saved"
-
-    def resume(self) -> None:
-        path = self.run_dir / FILES.LAST
-        if not path.exists():
-            raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
-        state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
-        check_signature(state, self.signature, path, "resume")
-        saved_data = state.get("data") or {}
-        if self.data and saved_data and saved_data.get("fingerprint") != self.data.get("fingerprint"):
-            raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
-                            f"now {describe_data(self.data)}); pass the --data-dir it was trained on, or start "
-                            "over with --overwrite or another --run-dir")
-        if self.data and saved_data and saved_data.get("source") != self.data.get("source"):
-            self.log(f"the same data as before, now from {self.data['source']}")
-        best = self.run_dir / FILES.BEST
-        if state["best"]["step"] is not None and state["best"]["step"] != state["step"] and not best.exists():
-            raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
-                            "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
-        if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
-            check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), self.signature, best, "resume")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        for callback, saved in zip(self.callbacks, state["callbacks"]):
-            callback.load_state_dict(saved)
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.history, self.best = state["history"], state["best"]
-        # Derived, not stored: a run that stopped early stays stopped unless --early-stop-count grows.
-        self.early_stopped = should_early_stop([p["loss"] for p in self.history["validation"]],
-                                               self.config.early_stop_count)
-        self.clock.train_seconds, self.images_trained = state["train_seconds"], state["images_trained"]
-        self.clock.earlier_wall_seconds = earlier_wall_seconds(self.run_dir, list(state["wall_seconds"]))
-        torch.set_rng_state(state["torch_rng"].cpu())
-        set_device_rng_state(state["device_rng"], self.device)
-        self.resumed = self.claimed = True
-        self.saved_step = self.step
-        self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
-                 f"best validation loss {self.best['loss']:.4f})")
-
-    # ---------------------------------------------------------------- training
-
-    def _record_losses(self, pending, rates) -> None:
+    def record(self, pending, rates) -> None:
         """Move per-step losses and batch accuracies kept on the device into the history (one sync for
-        many steps)."""
+        many steps), with the steps' learning rates."""
         if pending:
             both = torch.stack([value.float() for pair in zip(*pending) for value in pair]).tolist()
             values, accuracies = both[:len(pending)], both[len(pending):]
@@ -589,23 +508,170 @@ class Trainer:
             pending.clear()
             rates.clear()
 
+    def next_batch(self, steps_per_epoch: int) -> None:
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == steps_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+    def validation_point(self, result: dict, steps_per_epoch: int) -> dict:
+        """The history's entry for a validation at this step with `result`: where, its loss and accuracy, and
+        the running accuracy of the batches trained since the previous validation (where recorded)."""
+        point = {"step": self.step, "epoch": round(self.step / steps_per_epoch, 3), "loss": result["loss"],
+                 "accuracy": result["accuracy"]}
+        since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
+        trained = self.history.get("train_accuracy", {"steps": [], "values": []})
+        interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
+        if interval:
+            point["train_accuracy"] = sum_in_order(interval) / len(interval)
+        return point
+
+    def validated(self, point: dict, result: dict) -> bool:
+        """Record a validation (its history entry and full result); True when it is the best so far."""
+        self.history["validation"].append(point)
+        self.last_validation = (self.step, result)
+        improved = result["loss"] < self.best["loss"]
+        if improved:
+            self.best = {"loss": result["loss"], "step": self.step}
+        return improved
+
+    def validation_losses(self) -> list[float]:
+        return [point["loss"] for point in self.history["validation"]]
+
+    def last_accuracy(self) -> str:
+        """The latest validation accuracy, for the progress bar."""
+        validations = self.history["validation"]
+        return f"{validations[-1]['accuracy']:.3f}" if validations else "-"
+
+
+# What last.pt and best.pt hold, and of which type: a file that loads but lacks them is not one of ours
+# (another program's, a best.pt copied over last.pt) and is refused by name, not met by a KeyError later.
+LAST_CHECKPOINT = {"model": dict, "optimizer": dict, "scaler": dict, **RunState.FORM, "callbacks": list,
+                   "train_seconds": (int, float), "wall_seconds": list, "torch_rng": torch.Tensor, "signature": dict}
+BEST_CHECKPOINT = {"model": dict, "step": int, "signature": dict}
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
+                 run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
+                 loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
+                 folder: RunFolder | None = None, started: float | None = None, data: dict | None = None):
+        """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
+        training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
+        model's by default). `settings` (the script's resolved command line) is compared on --resume.
+        `folder` (a RunFolder for run_dir) is told of each write and keeps the rules of what it held before.
+        `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
+        --resume.
+        """
+        self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
+        self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
+        self.distributed = dist.is_available() and dist.is_initialized()
+        self.is_main = is_main_process()
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        memory_format = torch.channels_last if config.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        # DDP averages gradients across processes; the unwrapped model is what gets saved.
+        self.network = nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
+        self.optimizer = optimizer or build_optimizer(config, self.model.parameters())
+        for group in self.optimizer.param_groups:  # the schedule's base (a number, even where lr is a GPU tensor)
+            group.setdefault("initial_lr", float(group["lr"]))
+        self.lr_schedule = lr_schedule
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.predict = predict or self.model
+        self.callbacks = list(callbacks)
+        self.steps_per_epoch = len(train_loader) if train_loader is not None else 1
+        self.total_steps = min(config.epochs * self.steps_per_epoch, config.max_steps or math.inf)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
+        self.validate_at = validation_points(config.validations_per_epoch, self.steps_per_epoch)
+        self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
+                            if config.cuda_graphs and self.device.type == "cuda" else None)
+        self.signature = {"model": model_signature(self.model),
+                          **{k: v for k, v in {**asdict(config), **(settings or {})}.items() if role(k) == EXPERIMENT}}
+        self.state = RunState()
+        self.throughput = None        # training images/s since the previous validation
+        self.resumed = False
+        self.folder = folder or RunFolder(self.run_dir)
+        self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
+        self._saving = False          # a validation's checkpoints are being written
+        self.data = data or {}
+        self.metrics = None           # fit()'s result
+        self.clock = Stopwatch(started)
+        self._interrupted = []        # signals received during train(), acted on between steps
+
+    @property
+    def step(self) -> int:
+        """Optimisation steps taken (what callbacks go by)."""
+        return self.state.step
+
+    def autocast(self, cache_enabled: bool = True):
+        return autocast(self.device, self.config.precision, cache_enabled)
+
+    def prepare(self, images):
+        """A batch in the memory layout the model runs fastest in."""
+        return images.contiguous(memory_format=self.memory_format)
+
+    def log(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+    def evaluate(self, loader) -> dict:
+        return evaluate(self.model, loader, self.device, self.predict, self.config.precision, self.memory_format)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _checkpoint(self) -> dict:
+        """What last.pt holds (LAST_CHECKPOINT): everything --resume needs to continue exactly."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), **self.state.state_dict(),
+                "callbacks": [callback.state_dict() for callback in self.callbacks], **self.clock.state_dict(),
+                "torch_rng": torch.get_rng_state(), "device_rng": device_rng_state(self.device),
+                "signature": self.signature, "data": self.data}
+
+    def save_last(self) -> None:
+        self.folder.claim(self)
+        first = self.saved_step is None
+        if self.step != self.saved_step:
+            self.folder.outdate(self)
+        if self.is_main:
+            save_checkpoint(self._checkpoint(), self.run_dir / FILES.LAST)
+        self.saved_step = self.step
+        if self.is_main:
+            write_json(self.state.history, self.run_dir / FILES.HISTORY)
+        if first:  # (a resumed run's last.pt was there before)
+            self.folder.after_first_save(self)
+
+    def resume(self) -> None:
+        path = self.run_dir / FILES.LAST
+        if not path.exists():
+            raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
+        state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
+        check_resumable(state, self.run_dir, self.signature, self.data, self.log)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        for callback, saved in zip(self.callbacks, state["callbacks"]):
+            callback.load_state_dict(saved)
+        self.state.load_state_dict(state, self.config.early_stop_count)
+        self.clock.load_state_dict(state, self.run_dir)
+        torch.set_rng_state(state["torch_rng"].cpu())
+        set_device_rng_state(state["device_rng"], self.device)
+        self.resumed = self.folder.claimed = True
+        self.saved_step = self.step
+        self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.state.epoch}, "
+                 f"best validation loss {self.state.best['loss']:.4f})")
+
+    # ---------------------------------------------------------------- training
+
     def _set_learning_rate(self) -> float:
         """The schedule's rate for the coming step (as torch's LambdaLR computes it)."""
         if self.lr_schedule is None:
             lr = self.optimizer.param_groups[0]["lr"]
             return lr if isinstance(lr, float) else self.config.lr
-        factor = self.lr_schedule(self.step, self.total_steps)
-        for group in self.optimizer.param_groups:
-            value = group["initial_lr"] * factor
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(value)  # the captured graph reads it from the GPU
-            else:
-                group["lr"] = value
-        return float(self.optimizer.param_groups[0]["initial_lr"] * factor)
+        return set_learning_rate(self.optimizer, self.lr_schedule(self.step, self.total_steps))
 
     def _validate(self, pending_losses, rates, interval_images: int, interval_seconds: float) -> bool:
-        """Record losses, validate, keep the best weights; True when training should stop."""
-        self._record_losses(pending_losses, rates)
+        """Record losses, validate, keep the best weights; True when training should stop early."""
+        self.state.record(pending_losses, rates)
         started = time.perf_counter()
         result = self.evaluate(self.val_loader)
         if not math.isfinite(result["loss"]):
@@ -613,26 +679,17 @@ class Trainer:
             # go bad just before a validation; they must not reach last.pt.
             self._diverged([], [], torch.tensor(result["loss"]))
         self.throughput = interval_images / interval_seconds if interval_seconds > 0 else None
-        point = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
-                 "loss": result["loss"], "accuracy": result["accuracy"]}
-        since = self.history["validation"][-1]["step"] if self.history["validation"] else 0
-        trained = self.history.get("train_accuracy", {"steps": [], "values": []})
-        interval = [v for s, v in zip(trained["steps"], trained["values"]) if since <= s < self.step]
-        if interval:  # the running accuracy of the batches trained since the previous validation
-            point["train_accuracy"] = sum_in_order(interval) / len(interval)
+        point = self.state.validation_point(result, self.steps_per_epoch)
         if self.config.track_test:
             point["test_loss"] = self.evaluate(self.test_loader)["loss"]
         # From here until last.pt holds this validation, a second Ctrl-C saves nothing more: the files on
         # disk stay those of the previous validation.
         self._saving = True
-        self.history["validation"].append(point)
-        self.last_validation = (self.step, result)
+        improved = self.state.validated(point, result)
         saving = self.clock.spent("validation", started)
-        improved = result["loss"] < self.best["loss"]
         if improved:
-            self.best = {"loss": result["loss"], "step": self.step}
-            self._claim()
-            self._outdate_results(best=True)
+            self.folder.claim(self)
+            self.folder.outdate(self, best=True)
             if self.is_main:
                 save_checkpoint({"model": self.model.state_dict(), "step": self.step,
                                  "validation": point, "signature": self.signature, "data": self.data},
@@ -645,8 +702,11 @@ class Trainer:
         self.clock.spent("logging", logging)
         self.log(f"step {self.step:6d}  epoch {point['epoch']:5.2f}  validation loss {result['loss']:.4f}  "
                  f"accuracy {result['accuracy']:.4f}{'  (best)' if improved else ''}")
-        losses = [p["loss"] for p in self.history["validation"]]
-        return should_early_stop(losses, self.config.early_stop_count)
+        self.state.early_stopped = should_early_stop(self.state.validation_losses(), self.config.early_stop_count)
+        if self.state.early_stopped:
+            self.log(f"early stopping: validation loss has not improved for {self.config.early_stop_count} "
+                     "validations")
+        return self.state.early_stopped
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
@@ -659,41 +719,15 @@ class Trainer:
                              self.autocast(cache_enabled))
 
     def fit(self) -> dict:
-        """Train (unless the run only evaluates), then evaluate the best weights on every split."""
-        if self.evaluate_only:
-            self.metrics = evaluate_checkpoint(self, self.run_dir / FILES.BEST)
-            return self.metrics
-        with self._peers_watched():
-            self.train()
-            try:
-                self.metrics = self.final_evaluation()
-                return self.metrics
-            except KeyboardInterrupt:
-                raise TrainingInterrupted(
-                    f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
-                    "the same command plus --resume evaluates it") from None
-
-    @contextlib.contextmanager
-    def _peers_watched(self):
-        """Under torchrun, a collective that fails because another process died (killed, crashed) is no bug
-        of this one: say so, which checkpoint is kept, and how to go on."""
+        """Train, then evaluate the best weights on every split."""
+        self.train()
         try:
-            yield
-        except RuntimeError as error:
-            if not (self.distributed and is_peer_failure(error)):
-                raise
-            # torchrun now stops the survivors with SIGTERM: this one is ending anyway, with this message.
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            last, kept = self.run_dir / FILES.LAST, None
-            if self.claimed:  # else last.pt, if any, is a previous run's (--overwrite)
-                with contextlib.suppress(UserError, KeyError, TypeError):
-                    step = load_checkpoint(last)["step"]  # what rank 0 saved last, whichever process died
-                    kept = f"{last} keeps step {step}; continue with the same torchrun command plus --resume"
-            if kept is None:
-                previous = f", and the previous run in {self.run_dir} is as it was" if self.protect_previous else ""
-                kept = f"nothing of this run was saved{previous}; start it again with the same command"
-            raise UserError(f"another process of this torchrun run died (killed or crashed: see its output and "
-                            f"torchrun's summary) while this one was at step {self.step}; {kept}") from None
+            self.metrics = final_evaluation(self)
+            return self.metrics
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"interrupted during the final evaluation: the training is saved in {self.run_dir / FILES.LAST}; "
+                "the same command plus --resume evaluates it") from None
 
     def train(self) -> None:
         """Train until the epoch budget, --max-steps or early stopping ends the run."""
@@ -701,12 +735,8 @@ class Trainer:
             try:
                 self._train()
             except BaseException as error:
-                if not self.claimed or self.saved_step is not None:
-                    raise
-                for callback in self.callbacks:  # stopped before its first last.pt: a replaced run comes back
-                    callback.after_first_save(self)
-                if self.protect_previous and type(error) in (UserError, UsageError):  # e.g. a full disk
-                    raise type(error)(f"{error}; {self.run_dir} is as it was before this run") from None
+                if self.folder.claimed and self.saved_step is None:  # files written, but no last.pt yet
+                    self.folder.abandon(self, error)
                 raise
 
     def _train(self) -> None:
@@ -717,38 +747,33 @@ class Trainer:
         clock.restart()
         bar = tqdm(total=self.total_steps, initial=min(self.step, self.total_steps), unit="step",
                    dynamic_ncols=True, disable=not self.is_main or None, leave=False)
-        stop = self.step >= self.total_steps or self.early_stopped
+        stop = self.step >= self.total_steps or self.state.early_stopped
         try:
             if not stop:
                 for callback in self.callbacks:
                     callback.on_train_start(self)
-            while not stop and self.epoch < self.config.epochs:
-                for images, labels in self.train_loader.batches(self.epoch, self.batch_in_epoch):
+            while not stop and self.state.epoch < self.config.epochs:
+                for images, labels in self.train_loader.batches(self.state.epoch, self.state.batch_in_epoch):
                     # step: the schedule's rate, forward, backward, update; the position moves on
                     rate = self._set_learning_rate()
                     loss, accuracy = self.train_step(images, labels)
                     pending.append((loss, accuracy))
                     rates.append(rate)
                     validation_due = self._advance(len(labels) * self.world_size)
-                    clock.count(len(labels) * self.world_size)
                     bar.update()
                     # check: a loss that is no longer finite ends the run, the last good checkpoints kept
                     if self.step % check_every == 0 and not torch.isfinite(loss):
                         self._diverged(pending, rates, loss)
                     # progress
                     if self.step % self.config.log_every == 0:
-                        images_per_s = clock.lap()[1]
-                        bar.set_postfix(epoch=self.epoch, loss=f"{loss.item():.3f}", val_acc=self._last_accuracy(),
-                                        img_s=f"{images_per_s:.0f}")
-                    # validation: best weights and last.pt saved, perhaps early stopping
+                        bar.set_postfix(epoch=self.state.epoch, loss=f"{loss.item():.3f}",
+                                        val_acc=self.state.last_accuracy(), img_s=f"{clock.lap()[1]:.0f}")
+                    # validation: best weights and last.pt saved; True: early stopping
                     if validation_due:
                         clock.lap()
-                        if self._validate(pending, rates, *clock.since_validation()):
-                            self.early_stopped = True
-                            self.log(f"early stopping: validation loss has not improved for "
-                                     f"{self.config.early_stop_count} validations")
-                            stop = True
+                        stop = self._validate(pending, rates, *clock.since_validation())
                         clock.restart()
+                    # Ctrl-C, acted on between steps
                     if self._interrupted:
                         raise KeyboardInterrupt
                     if stop or self.step >= self.total_steps:
@@ -759,79 +784,53 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             clock.lap()
-            if self.protect_previous and not self.claimed:
-                raise TrainingInterrupted(
-                    f"interrupted at step {self.step}, before the first validation: nothing was saved, and the "
-                    f"previous run in {self.run_dir} is as it was") from None
-            if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
-                self._record_losses(pending, rates)
-                try:
-                    self.save_last()
-                except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
-                    pass
-                else:
-                    raise TrainingInterrupted(
-                        f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; continue with the "
-                        "same command plus --resume") from None
-            raise TrainingInterrupted(f"interrupted again while saving step {self.step}: {self._kept()}") from None
+            raise self._interruption(pending, rates) from None
         bar.close()
+
+    def _interruption(self, pending, rates) -> TrainingInterrupted:
+        """Save what an interrupted run can keep; the message says what that is."""
+        if not self.folder.may_write:
+            return TrainingInterrupted(f"interrupted at step {self.step}, before the first validation: nothing "
+                                       f"was saved{self.folder.previous_kept()}")
+        if not self._saving:  # else a second Ctrl-C stopped a validation's checkpoints mid-write
+            self.state.record(pending, rates)
+            try:
+                self.save_last()
+            except KeyboardInterrupt:  # a second Ctrl-C while last.pt was written
+                pass
+            else:
+                return TrainingInterrupted(f"interrupted: step {self.step} is saved in {self.run_dir / FILES.LAST}; "
+                                           "continue with the same command plus --resume")
+        kept = (f"{self.run_dir / FILES.LAST} keeps step {self.saved_step}; continue with the same command plus "
+                "--resume" if self.saved_step is not None else f"nothing was saved{self.folder.previous_kept()}")
+        return TrainingInterrupted(f"interrupted again while saving step {self.step}: {kept}")
 
     def _advance(self, images: int) -> bool:
         """Count a step taken (after_step callbacks see it counted); True when a validation is due."""
-        done_batch = self.batch_in_epoch
-        self.step += 1
-        self.images_trained += images
+        done_batch = self.state.batch_in_epoch
+        self.state.step += 1
+        self.state.images_trained += images
+        self.clock.count(images)
         for callback in self.callbacks:
             callback.after_step(self)
-        self.batch_in_epoch += 1
-        if self.batch_in_epoch == self.steps_per_epoch:
-            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        self.state.next_batch(self.steps_per_epoch)
         return done_batch in self.validate_at or self.step >= self.total_steps
 
     def _diverged(self, pending, rates, loss) -> None:
         # Keep last.pt and best.pt from the last good validation; only the history is updated.
-        self._record_losses(pending, rates)
-        if not (self.protect_previous and not self.claimed):
-            self._claim()
+        self.state.record(pending, rates)
+        if self.folder.may_write:
+            self.folder.claim(self)
             if self.is_main:
-                write_json(self.history, self.run_dir / FILES.HISTORY)
-        if self.best["step"] is not None:
-            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.best['step']}) is kept"
-        elif self.protect_previous and not self.claimed:
-            kept = f"nothing was saved, and the previous run in {self.run_dir} is as it was"
+                write_json(self.state.history, self.run_dir / FILES.HISTORY)
+        if self.state.best["step"] is not None:
+            kept = f"the best checkpoint {self.run_dir / FILES.BEST} (step {self.state.best['step']}) is kept"
+        elif not self.folder.may_write:
+            kept = f"nothing was saved{self.folder.previous_kept()}"
         else:
             kept = "no validation had run yet, so there is no checkpoint"
         raise TrainingDiverged(f"training diverged at step {self.step} (loss {loss.item()}); {kept}; "
                                f"lower --lr (now {self.config.lr})")
-
-    # ---------------------------------------------------------------- the end
-
-    def final_evaluation(self) -> dict:
-        """Reload the best weights and evaluate on the whole train, validation and test sets."""
-        best, started = self.run_dir / FILES.BEST, time.perf_counter()
-        if self.distributed:
-            dist.barrier()  # rank 0 has finished writing best.pt
-        # When the best weights are the last ones (validated at this very step), they are already
-        # in memory and their validation numbers are known: no reload, no second validation pass.
-        at_best = self.best["step"] == self.step
-        if not at_best:
-            self.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=self.device)["model"])
-        known = at_best and self.last_validation and self.last_validation[0] == self.step
-        metrics = evaluate_splits(self.evaluate, self.train_loader, self.val_loader, self.test_loader,
-                                  validation=self.last_validation[1] if known else None)
-        self.clock.spent("final_evaluation", started)
-        wall, train_seconds = self.clock.wall_seconds(), self.clock.train_seconds
-        metrics.update(
-            best_step=self.best["step"], steps=self.step,
-            epochs=round(self.step / self.steps_per_epoch, 3), early_stopped=self.early_stopped,
-            train_seconds=round(train_seconds, 2), images_trained=self.images_trained,
-            train_images_per_s=round(self.images_trained / train_seconds, 1) if train_seconds else None,
-            wall_seconds=round(sum(wall), 1), wall_seconds_per_process=wall,
-            seconds={"training": round(train_seconds, 2),
-                     **{name: round(value, 2) for name, value in self.clock.seconds.items()}})
-        if self.is_main:
-            write_json(metrics, self.run_dir / FILES.METRICS)
-        return metrics
 
     def parameters_changed(self) -> None:
         """Call after changing which parameters train (e.g. freezing a layer): DDP registered the old set.
@@ -850,6 +849,29 @@ def evaluate_splits(evaluate_on, train_loader, val_loader, test_loader, validati
     train = evaluate_on(train_loader)
     return {"train": {k: train[k] for k in ("loss", "accuracy")},
             "validation": validation or evaluate_on(val_loader), "test": evaluate_on(test_loader)}
+
+
+def final_evaluation(trainer: "Trainer") -> dict:
+    """The end of training: reload the best weights, evaluate them on the whole train, validation and test sets,
+    and write metrics.json: those numbers, where the run stopped, and its timings."""
+    best, started = trainer.run_dir / FILES.BEST, time.perf_counter()
+    if trainer.distributed:
+        dist.barrier()  # rank 0 has finished writing best.pt
+    # When the best weights are the last ones (validated at this very step), they are already
+    # in memory and their validation numbers are known: no reload, no second validation pass.
+    state, at_best = trainer.state, trainer.state.best["step"] == trainer.step
+    if not at_best:
+        trainer.model.load_state_dict(load_own_checkpoint(best, BEST_CHECKPOINT, map_location=trainer.device)["model"])
+    known = at_best and state.last_validation and state.last_validation[0] == trainer.step
+    metrics = evaluate_splits(trainer.evaluate, trainer.train_loader, trainer.val_loader, trainer.test_loader,
+                              validation=state.last_validation[1] if known else None)
+    trainer.clock.spent("final_evaluation", started)
+    metrics.update(best_step=state.best["step"], steps=trainer.step,
+                   epochs=round(trainer.step / trainer.steps_per_epoch, 3), early_stopped=state.early_stopped,
+                   **trainer.clock.summary(state.images_trained))
+    if trainer.is_main:
+        write_json(metrics, trainer.run_dir / FILES.METRICS)
+    return metrics
 
 
 def evaluate_checkpoint(trainer: "Trainer", path: Path) -> dict:

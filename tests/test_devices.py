@@ -117,7 +117,7 @@ def test_a_cuda_graph_step_trains_as_the_eager_step(folder_data, tmp_path):
         runs[graphed] = _trained(folder_data, tmp_path / str(graphed), graphed, task2.Task2Model())
     assert runs[True].step_runner is not None and runs[True].step_runner.graph is not None
     assert runs[False].step_runner is None
-    eager, graphed = (runs[g].history["train_loss"]["values"] for g in (False, True))
+    eager, graphed = (runs[g].state.history["train_loss"]["values"] for g in (False, True))
     assert eager == pytest.approx(graphed, rel=1e-3, abs=1e-4)
     for name, tensor in runs[False].model.state_dict().items():
         assert torch.allclose(tensor.float(), runs[True].model.state_dict()[name].float(), rtol=1e-3, atol=1e-4), name

@@ -19,6 +19,7 @@ from PIL import Image
 
 import dataloaders
 import monitor
+import runs
 import task2
 import task4b
 import task4c
@@ -146,7 +147,8 @@ def csv_trainer():
     point = {"step": 5, "epoch": 0.5, "loss": 2.0, "accuracy": 0.3}
     history = {"validation": [point], "train_loss": {"steps": [0, 1], "values": [2.3, 2.2]},
                "learning_rate": {"steps": [0, 1], "values": [0.1, 0.1]}}
-    return SimpleNamespace(is_main=True, history=history, throughput=None, clock=SimpleNamespace(wall_seconds=lambda: [1.0])), point
+    return SimpleNamespace(is_main=True, state=SimpleNamespace(history=history), throughput=None,
+                           clock=SimpleNamespace(wall_seconds=lambda: [1.0])), point
 
 
 def test_metrics_csv_that_cannot_be_appended_is_one_error_and_stays_whole(tmp_path, monkeypatch):
@@ -318,16 +320,16 @@ def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved,
     --overwrite, until this one saves)."""
 
     trainer = tiny_trainer(folder_data, tmp_path)
-    trainer.protect_previous = not saved
+    trainer.folder = runs.RunFiles(SimpleNamespace(dir=tmp_path), protect_previous=not saved)
     utils.save_checkpoint({"step": 7}, tmp_path / "last.pt")           # this run's, or the previous run's
-    trainer.claimed = saved
+    trainer.folder.claimed = saved
     trainer.distributed = True
 
     def peer_gone():
         raise RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:32408")
     monkeypatch.setattr(trainer, "train", peer_gone)
     monkeypatch.setattr(signal, "signal", lambda *args: None)           # the test process keeps its SIGTERM
-    with pytest.raises(UserError) as refused:
+    with pytest.raises(UserError) as refused, runs.peers_watched(trainer):
         trainer.fit()
     message = str(refused.value)
     assert message.startswith("another process of this torchrun run died")

@@ -322,7 +322,7 @@ def test_ctrl_c_mid_step_or_mid_validation_resumes_exactly(where, folder_data, t
     resumed = tiny_trainer(folder_data, tmp_path / "run")
     resumed.resume()
     resumed.train()
-    assert resumed.history == reference.history
+    assert resumed.state.history == reference.state.history
     for name, tensor in reference.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
 

@@ -84,7 +84,7 @@ def test_a_short_run_decreases_the_training_loss(folder_data, tmp_path, precisio
     torch.manual_seed(0)
     trainer = Trainer(task2.Task2Model(), *loaders, config, tmp_path, "cpu")
     trainer.train()
-    losses = trainer.history["train_loss"]["values"]
+    losses = trainer.state.history["train_loss"]["values"]
     assert len(losses) == trainer.step >= 30
     assert sum(losses[-8:]) / 8 < 0.85 * sum(losses[:8]) / 8, losses
     # Autocast computes in bf16 but keeps the weights (and so the optimizer) in fp32.

@@ -149,7 +149,7 @@ def test_whitening_is_fitted_on_the_first_training_batch_before_the_first_step(f
     fit.on_train_start(trainer)
     assert torch.equal(model.whitening.weight, expected.weight)
     assert not torch.equal(expected.weight, WhiteningConv().weight)
-    trainer.step = 5
+    trainer.state.step = 5
     model.whitening.weight.data.zero_()
     fit.on_train_start(trainer)                           # resumed: the filters came with the weights
     assert not model.whitening.weight.any()
@@ -219,9 +219,9 @@ def test_schedule_start_peak_end(folder_data, tmp_path):
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     trainer = Trainer(model, *loaders, TrainConfig(epochs=7, lr=0.5), tmp_path, "cpu", lr_schedule=lr_factor)
     trainer.train()
-    seen = trainer.history["learning_rate"]["values"]
+    seen = trainer.state.history["learning_rate"]["values"]
     total, peak = trainer.total_steps, int(WARMUP_FRACTION * trainer.total_steps)
-    assert len(seen) == total == 7 * 16 and trainer.history["learning_rate"]["steps"] == list(range(total))
+    assert len(seen) == total == 7 * 16 and trainer.state.history["learning_rate"]["steps"] == list(range(total))
     assert seen[0] == pytest.approx(0.5 * START_FACTOR)
     assert max(seen) == pytest.approx(0.5) and seen.index(max(seen)) == peak
     assert seen[-1] == pytest.approx(0.5 * lr_factor(total - 1, total))

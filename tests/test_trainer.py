@@ -10,7 +10,8 @@ import dataloaders
 import figures
 import utils
 from task3d import Lookahead
-from trainer import TrainConfig, Trainer, should_early_stop
+from trainer import RunState, TrainConfig, Trainer, final_evaluation, should_early_stop
+from utils import UserError
 
 
 def tiny_model():
@@ -55,17 +56,17 @@ def test_early_stopping_and_best_checkpoint(folder_data, tmp_path, monkeypatch):
     scripted_validation(monkeypatch, [1.0, 0.8, 0.9, 0.85, 0.95, 0.99, 0.1, 0.1])
     trainer = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
     trainer.train()
-    validations = trainer.history["validation"]
-    assert trainer.early_stopped and len(validations) == 6
+    validations = trainer.state.history["validation"]
+    assert trainer.state.early_stopped and len(validations) == 6
     best = utils.load_checkpoint(tmp_path / "best.pt")
-    assert best["step"] == validations[1]["step"] == trainer.best["step"]
+    assert best["step"] == validations[1]["step"] == trainer.state.best["step"]
     last = utils.load_checkpoint(tmp_path / "last.pt")
     assert last["step"] == validations[-1]["step"]
     # Validation happens twice per epoch: after the middle batch and the last one.
     steps_per_epoch = len(trainer.train_loader)
     assert [v["step"] for v in validations[:2]] == [round(steps_per_epoch / 2), steps_per_epoch]
 
-    trainer.final_evaluation()
+    final_evaluation(trainer)
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(tensor, best["model"][name]), f"{name} not reloaded from best.pt"
     assert any(not torch.equal(t, last["model"][n]) for n, t in trainer.model.state_dict().items())
@@ -74,10 +75,10 @@ def test_early_stopping_and_best_checkpoint(folder_data, tmp_path, monkeypatch):
 def test_final_evaluation_covers_every_image(folder_data, tmp_path):
     trainer = make_trainer(folder_data, tmp_path, max_steps=3)
     trainer.train()
-    metrics = trainer.final_evaluation()
+    metrics = final_evaluation(trainer)
     # Recompute by hand over every image of each split with the best weights (the validation
     # numbers are those of the last validation, taken with these weights, not a second pass).
-    assert trainer.best["step"] == trainer.step == 3
+    assert trainer.state.best["step"] == trainer.step == 3
     for split, loader in (("train", trainer.train_loader), ("validation", trainer.val_loader),
                           ("test", trainer.test_loader)):
         with torch.no_grad():
@@ -163,7 +164,7 @@ def test_resume_after_interrupt_matches_an_uninterrupted_run(folder_data, tmp_pa
     assert resumed.step == reference.step
     for name, tensor in final_weights(reference).items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
-    assert resumed.history == reference.history
+    assert resumed.state.history == reference.state.history
 
 
 class At:
@@ -216,12 +217,32 @@ def test_resuming_an_early_stopped_run_trains_no_further(folder_data, tmp_path, 
     scripted_validation(monkeypatch, [1.0, 0.8, 0.9, 0.85, 0.95, 0.99])
     stopped = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
     stopped.train()
-    assert stopped.early_stopped
+    assert stopped.state.early_stopped
     resumed = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=4)
     resumed.resume()
     resumed.train()
-    assert resumed.early_stopped and resumed.step == stopped.step
+    assert resumed.state.early_stopped and resumed.step == stopped.step
     # A larger patience on --resume lets the run continue.
     patient = make_trainer(folder_data, tmp_path, epochs=10, early_stop_count=8)
     patient.resume()
-    assert not patient.early_stopped
+    assert not patient.state.early_stopped
+
+
+def test_run_state_round_trip_and_a_malformed_one_refused(folder_data, tmp_path):
+    """last.pt keeps the run's position and record (RunState) under the keys runs of earlier versions have, loads
+    back the same, and refuses a state whose parts are not of their kind by naming them."""
+    trainer = make_trainer(folder_data, tmp_path, max_steps=5, validations_per_epoch=4)
+    trainer.train()
+    saved = utils.load_checkpoint(tmp_path / "last.pt")
+    assert set(saved) == {"model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "history", "best",
+                          "callbacks", "train_seconds", "images_trained", "wall_seconds", "torch_rng", "device_rng",
+                          "signature", "data"}
+    loaded = RunState()
+    loaded.load_state_dict(saved, early_stop_count=1)
+    assert loaded.state_dict() == trainer.state.state_dict() and loaded.step == 5
+    losses = loaded.validation_losses()
+    assert loaded.early_stopped == (losses.index(min(losses)) < len(losses) - 1)  # derived, never saved
+    for key, wrong in [("best", {"step": 3}), ("images_trained", 1.5), ("batch_in_epoch", None)]:
+        utils.save_checkpoint({**saved, key: wrong}, tmp_path / "last.pt")
+        with pytest.raises(UserError, match=f"no valid {key}"):
+            make_trainer(folder_data, tmp_path).resume()

@@ -76,7 +76,7 @@ def test_the_csv_continues_without_duplicates_after_resume(folder_data, tmp_path
     resumed.train()
     after = rows(tmp_path / "metrics.csv")
     steps = [int(r["step"]) for r in after]
-    assert steps == [p["step"] for p in resumed.history["validation"]] and len(set(steps)) == len(steps)
+    assert steps == [p["step"] for p in resumed.state.history["validation"]] and len(set(steps)) == len(steps)
     assert after[:len(before)] == before                          # the timings of earlier rows are kept
     assert all(r["validation_loss"] != "9.9" for r in after)
 
