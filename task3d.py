@@ -306,7 +306,7 @@ def train(args):
                           optimizer=run.optimizer(model, nesterov=args.nesterov), lr_schedule=lr_factor,
                           loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
                           predict=predict_with_tta(model, args.tta), callbacks=callbacks)
-    trainer.fit()
+    run.fit(trainer)
     return run.finish(trainer)
 
 
