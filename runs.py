@@ -706,7 +706,7 @@ class Run:
         figure = figures.training_curves(
             {self.title: trainer.state.history}, self.figure_path, show_test=self.config.track_test,
             title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
-            marks={self.title: figures.run_marks(metrics, trainer.history)})
+            marks={self.title: figures.run_marks(metrics, trainer.state.history)})
         print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "
               f"(best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
         print(f"figure: {figure} (and .pdf)\nrun directory: {self.dir}")
