@@ -38,7 +38,7 @@ import cli  # noqa: E402
 import figures  # noqa: E402
 import resnet  # noqa: E402
 import runs  # noqa: E402
-from registry import BY_NAME, REFERENCE, RUNS, duration_text, how_long, published_text  # noqa: E402
+from report_runs import BY_NAME, REFERENCE, RUNS, duration_text, how_long, published_text  # noqa: E402
 from task3_compare import caveats_of, task3_outputs  # noqa: E402
 from trainer import EXPERIMENT, FILES, LENGTH, TrainingInterrupted, role  # noqa: E402
 from utils import UserError, check_writable, write_text  # noqa: E402

@@ -34,7 +34,7 @@ import cuda_graphs
 import dataloaders
 import figures
 import hardware
-import monitor
+import watching
 from trainer import (EXPERIMENT, FILES, RunFolder, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
                      describe_data, evaluate_checkpoint, format_final_table, role)
 from utils import UsageError, UserError, check_writable, load_checkpoint, read_json, set_seed, write_json
@@ -595,11 +595,11 @@ class Run:
         if self.config.cuda_graphs and why_not:
             self.config = dataclasses.replace(self.config, cuda_graphs=False)
             self.graph_note = f"eager steps: {why_not}"
-        own = [monitor.MetricsCSV(self.dir / FILES.METRICS_CSV),
-               monitor.LiveFigure(self.figure_path, marked(self.title, caveats(self.config_record())),
+        own = [watching.MetricsCSV(self.dir / FILES.METRICS_CSV),
+               watching.LiveFigure(self.figure_path, marked(self.title, caveats(self.config_record())),
                                   show_test=self.config.track_test)]
         if args.tensorboard:
-            own.append(monitor.TensorBoard(self.dir / TENSORBOARD_DIR, self.title, self.config.track_test))
+            own.append(watching.TensorBoard(self.dir / TENSORBOARD_DIR, self.title, self.config.track_test))
         trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
                           optimizer=optimizer, callbacks=[*callbacks, *own], settings=run_settings(args),
                           folder=RunFiles(self, protect_previous=self.previous != "empty" and not args.resume),

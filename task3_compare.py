@@ -15,7 +15,7 @@ from pathlib import Path  # noqa: E402
 import cli  # noqa: E402
 import figures  # noqa: E402
 import runs  # noqa: E402
-from registry import BY_NAME, metrics_table, published_text  # noqa: E402
+from report_runs import BY_NAME, metrics_table, published_text  # noqa: E402
 from utils import UserError, write_text  # noqa: E402
 
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import dataloaders
-import monitor
+import watching
 import runs
 import task2
 import task4b
@@ -155,9 +155,9 @@ def test_metrics_csv_that_cannot_be_appended_is_one_error_and_stays_whole(tmp_pa
     trainer, point = csv_trainer()
     (tmp_path / "a_file").write_text("")
     with pytest.raises(UserError, match="could not write .*metrics.csv"):
-        monitor.MetricsCSV(tmp_path / "a_file" / "metrics.csv").after_validation(trainer, point)
+        watching.MetricsCSV(tmp_path / "a_file" / "metrics.csv").after_validation(trainer, point)
     path = tmp_path / "metrics.csv"
-    monitor.MetricsCSV(path).after_validation(trainer, point)
+    watching.MetricsCSV(path).after_validation(trainer, point)
     before = path.read_bytes()
     real_write, calls = os.write, []
 
@@ -168,7 +168,7 @@ def test_metrics_csv_that_cannot_be_appended_is_one_error_and_stays_whole(tmp_pa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(os, "write", disk_fills)
     with pytest.raises(UserError, match="metrics.csv: the disk is full; metrics.csv is as it was"):
-        monitor.MetricsCSV(path).after_validation(trainer, point)
+        watching.MetricsCSV(path).after_validation(trainer, point)
     assert path.read_bytes() == before
 
 

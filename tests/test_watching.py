@@ -8,7 +8,7 @@ import torch
 
 import cli
 import dataloaders
-import monitor
+import watching
 import task2
 import task3d
 import utils
@@ -33,7 +33,7 @@ def tiny(folder_data, tmp_path_factory):
 @pytest.mark.slow
 def test_metrics_csv_has_a_row_per_validation(tiny):
     table, history = rows(tiny / "metrics.csv"), read_run(tiny)["history"]
-    assert list(table[0]) == list(monitor.CSV_COLUMNS)
+    assert list(table[0]) == list(watching.CSV_COLUMNS)
     assert [int(r["step"]) for r in table] == [p["step"] for p in history["validation"]] == list(range(5, 41, 5))
     assert [float(r["validation_loss"]) for r in table] == [p["loss"] for p in history["validation"]]
     assert all(float(r["learning_rate"]) == 0.05 and float(r["images_per_s"]) > 0 for r in table)
@@ -48,7 +48,7 @@ def test_a_schedule_shows_in_the_learning_rate_column(folder_data, tmp_path):
     loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     trainer = Trainer(model, *loaders, TrainConfig(epochs=4, lr=0.5), tmp_path, "cpu", lr_schedule=task3d.lr_factor,
-                      callbacks=[monitor.MetricsCSV(tmp_path / "metrics.csv")])
+                      callbacks=[watching.MetricsCSV(tmp_path / "metrics.csv")])
     trainer.train()
     rates = [float(r["learning_rate"]) for r in rows(tmp_path / "metrics.csv")]
     assert rates[0] < rates[1] and max(rates) <= 0.5 and rates[-1] < max(rates)   # warm-up, then decay
@@ -60,7 +60,7 @@ def test_the_csv_continues_without_duplicates_after_resume(folder_data, tmp_path
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
         return Trainer(model, *loaders, TrainConfig(epochs=3), tmp_path, "cpu",
-                       callbacks=[monitor.MetricsCSV(tmp_path / "metrics.csv")])
+                       callbacks=[watching.MetricsCSV(tmp_path / "metrics.csv")])
 
     interrupted = trainer()
     fail_at_step(monkeypatch, 20, KeyboardInterrupt())
@@ -87,12 +87,12 @@ def test_the_figure_exists_after_the_first_validation(folder_data, tmp_path):
     figure = tmp_path / "plots" / "live.png"
     seen = []
 
-    class Look(monitor.Callback):
+    class Look(watching.Callback):
         def after_validation(self, trainer, point):
             seen.append(figure.exists() and figure.stat().st_size > 10_000)
 
     trainer = Trainer(model, *loaders, TrainConfig(epochs=1), tmp_path, "cpu",
-                      callbacks=[monitor.LiveFigure(figure, "live"), Look()])
+                      callbacks=[watching.LiveFigure(figure, "live"), Look()])
     trainer.train()
     assert seen[0] is True
 
