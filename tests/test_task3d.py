@@ -248,16 +248,16 @@ def test_muon_turns_the_filters_by_their_orthogonalised_momentum_and_leaves_the_
     for mine, theirs in zip(rest, (p for p in reference.parameters() if p.requires_grad and p.ndim != 4)):
         assert torch.allclose(mine, theirs, atol=1e-7)
     # The momentum travels in the optimizer's state: a resumed optimizer takes the same next step.
-    twin = copy.deepcopy(model)
+    twin, forgetful = copy.deepcopy(model), copy.deepcopy(model)
     resumed = task3d.muon_optimizer(twin, config, lr=0.03, momentum=0.8)
     resumed.load_state_dict(copy.deepcopy(muon.state_dict()))
-    for net in (model, twin):
+    fresh = task3d.muon_optimizer(forgetful, config, lr=0.03, momentum=0.8)
+    for net, optimizer in ((model, muon), (twin, resumed), (forgetful, fresh)):
         net.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x), y).backward()
-    muon.step()
-    resumed.step()
-    for mine, theirs in zip(model.parameters(), twin.parameters()):
-        assert torch.equal(mine, theirs)
+        optimizer.step()
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(model.parameters(), twin.parameters()))
+    assert not all(torch.equal(mine, theirs) for mine, theirs in zip(filters, fresh.param_groups[0]['params']))
 
 
 def test_schedule_start_peak_end(folder_data, tmp_path):
