@@ -10,8 +10,10 @@ so that ten epochs, validation and the final evaluation fit in 15 minutes on two
 - three groups of conv 3x3 -> max-pool -> BN -> GELU -> conv 3x3 -> BN -> GELU (the last group, at
   3x3 pixels, has a third conv -> BN -> GELU), identity-initialised convolutions, BatchNorm without a
   learnt scale and with a fast-learning shift;
-- label smoothing 0.2, Nesterov SGD with a triangular learning-rate schedule (warm-up to the peak
-  at 23% of the steps, then linear decay), weight averaging every 5 steps (Lookahead);
+- label smoothing 0.2; the conv filters trained with Muon (orthogonalised momentum, Keller Jordan's
+  airbench94_muon), the BatchNorm shifts and the classifier with Nesterov SGD; a triangular
+  learning-rate schedule (warm-up to the peak at 23% of the steps, then linear decay); weight
+  averaging every 5 steps (Lookahead);
 - per batch, on the device: flips that alternate from epoch to epoch and translations of up to
   2 pixels with mirrored borders;
 - test-time augmentation as the evaluation function: the prediction averages the logits of the
@@ -55,6 +57,8 @@ AUGMENT_HELP = ("per image: flips that alternate (a random half mirrored in the 
                 "switches each epoch) and translations of up to --crop-padding pixels whose uncovered border is "
                 "the image's edge mirrored")
 LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 5, 0.95
+# Muon's rate is the angle a filter bank turns by per step (its norm is held fixed), on the same schedule.
+MUON_LR, MUON_MOMENTUM = 0.03, 0.85
 # The BatchNorm shift is stored divided by this gain, so plain SGD moves it gain**2 = 64 times
 # faster than the weights (airbench's "bias scaler") without a separate parameter group.
 BIAS_GAIN = 8.0
@@ -163,6 +167,69 @@ def predict_with_tta(model: Task3dModel, level: str = TTA):
         shifted = model.mirror_averaged(torch.cat([padded[..., :height, :width], padded[..., 2:, 2:]]))
         return (logits + (shifted[:len(x)] + shifted[len(x):]) / 2) / 2
     return flip_translate
+
+
+# ---------------------------------------------------------------- the optimizer
+
+def orthogonalize(update: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Newton-Schulz iteration towards the nearest semi-orthogonal matrix (Muon's quintic, whose
+    coefficients trade exactness for speed: singular values end up near 1, not at 1)."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = update / (update.norm() + 1e-7)  # spectral norm <= 1
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.SGD):
+    """SGD whose groups marked `orthogonalize` (the conv filters) take Keller Jordan's Muon step, as
+    airbench94_muon does: Nesterov momentum (`muon_momentum`), then the update of each filter bank,
+    flattened to out x (in*k*k), replaced by its orthogonalisation, then plain SGD's step (momentum 0).
+    Before each step the bank is scaled back to norm sqrt(out): BatchNorm follows every filter, so only
+    directions count, and the learning rate alone sets the angle each step turns them by.
+
+    Not torch.optim.Muon: it takes 2-D parameters only and orthogonalises in bf16, which a CPU without
+    bf16 instructions emulates (docs/task3d.md has the measurement); here the iteration runs in `dtype`.
+    """
+
+    def __init__(self, groups, dtype=torch.float32, **sgd):
+        super().__init__(groups, **sgd)
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            if not group.get("orthogonalize"):
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                momentum = self.state[p].setdefault("muon_momentum", torch.zeros_like(p.grad))
+                momentum.lerp_(p.grad, 1 - group["muon_momentum"])
+                update = p.grad.lerp(momentum, group["muon_momentum"]).flatten(1)
+                p.mul_(len(p) ** 0.5 / p.norm())
+                p.grad.copy_(orthogonalize(update.to(self.dtype)).view(p.shape))  # in place: p's layout
+        return super().step(closure)
+
+
+def muon_optimizer(model: Task3dModel, config, lr: float, momentum: float, nesterov: bool = True) -> Muon:
+    """Muon at `lr` for the trainable conv filters (no weight decay: their norm is fixed), SGD as the flags
+    say for the rest (BatchNorm shifts, the classifier), in the form trainer.build_optimizer gives a
+    captured CUDA-graph step: learning rates as tensors on the device, the fused update."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    filters = [p for p in trainable if p.ndim == 4]
+    on_graph = {"fused": True} if config.cuda_graphs else {}
+    rate = (lambda value: torch.tensor(value, device=trainable[0].device)) if on_graph else float
+    return Muon([dict(params=filters, lr=rate(lr), momentum=0.0, weight_decay=0.0, nesterov=False,
+                      orthogonalize=True, muon_momentum=momentum),
+                 dict(params=[p for p in trainable if p.ndim != 4])],
+                dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32,
+                lr=rate(config.lr), momentum=config.momentum, weight_decay=config.weight_decay,
+                nesterov=nesterov, **on_graph)
 
 
 # ---------------------------------------------------------------- the recipe's steps
@@ -281,6 +348,11 @@ def main(argv=None):
                         help="every N steps, continue from a running average of the weights (0: off)")
     recipe.add_argument("--lookahead-decay", type=cli.fraction, default=LOOKAHEAD_DECAY, metavar="D",
                         help="per-step decay of that average at the end of training (it ramps up from 0)")
+    recipe.add_argument("--muon-lr", type=cli.non_negative_float, default=MUON_LR, metavar="LR",
+                        help="the conv filters' learning rate with Muon (--lr is the rest's); 0: the filters on "
+                             "SGD too, as the rest")
+    recipe.add_argument("--muon-momentum", type=cli.fraction, default=MUON_MOMENTUM, metavar="M",
+                        help="Muon's Nesterov momentum")
     args = cli.parse(parser, argv)
     if not 0 <= args.label_smoothing < 1:
         parser.error(f"--label-smoothing {args.label_smoothing} is out of range: must be in [0, 1)")
@@ -291,7 +363,8 @@ def main(argv=None):
 
 
 def train(args):
-    run = Run.start(args, title="Task 3d")
+    # Channels-last in fp32 too: this network's step measured faster in it on CPUs (docs/task3d.md).
+    run = Run.start(args, title="Task 3d", channels_last=True)
     augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=args.crop_padding, padding_mode="reflect")
     train_loader, val_loader, test_loader = run.load_cifar10(augmentation=augmentation)
     model = Task3dModel(args.widths, whitening_bias=args.whitening_bias_epochs > 0, depths=args.depths)
@@ -302,8 +375,12 @@ def train(args):
     callbacks.append(FitWhitening(model, train_loader, args.whitening_images))
     if args.whitening_bias_epochs:
         callbacks.append(FreezeWhiteningBias(model, args.whitening_bias_epochs))
+    if args.muon_lr:
+        optimizer = muon_optimizer(model.to(run.device), run.config, args.muon_lr, args.muon_momentum, args.nesterov)
+    else:
+        optimizer = run.optimizer(model, nesterov=args.nesterov)
     trainer = run.trainer(model, train_loader, val_loader, test_loader,
-                          optimizer=run.optimizer(model, nesterov=args.nesterov), lr_schedule=lr_factor,
+                          optimizer=optimizer, lr_schedule=lr_factor,
                           loss_fn=nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
                           predict=predict_with_tta(model, args.tta), callbacks=callbacks)
     run.fit(trainer)

@@ -1,4 +1,5 @@
-"""Task 3d: model shapes and size, whitening, test-time flips, augmentation, schedule, a tiny run."""
+"""Task 3d: model shapes and size, whitening, Muon, test-time flips, augmentation, schedule, a tiny run."""
+import copy
 import json
 
 import pytest
@@ -206,6 +207,57 @@ def test_augmentation_keeps_shapes_labels_and_is_off_at_evaluation(folder_data):
     assert changed > 16
     first_val, _ = next(val.evaluation_batches())
     assert torch.equal(first_val, identity(val.images[:len(first_val)]))
+
+
+def test_orthogonalize_brings_every_singular_value_near_one():
+    torch.manual_seed(0)
+    for shape in [(16, 72), (72, 16)]:                    # wide (a filter bank) and tall
+        rank = min(shape)
+        left, right = torch.linalg.qr(torch.randn(shape[0], rank))[0], torch.linalg.qr(torch.randn(shape[1], rank))[0]
+        update = left @ torch.diag(torch.logspace(0, 2, rank)) @ right.T  # singular values over two decades
+        result = task3d.orthogonalize(update)
+        assert result.shape == shape
+        singular = torch.linalg.svdvals(result)
+        assert singular.min() > 0.5 and singular.max() < 1.5   # Muon's quintic: near 1, not exactly 1
+
+
+def test_muon_turns_the_filters_by_their_orthogonalised_momentum_and_leaves_the_rest_to_sgd():
+    torch.manual_seed(0)
+    model = Task3dModel((8, 16, 16))
+    config = TrainConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
+    muon = task3d.muon_optimizer(model, config, lr=0.03, momentum=0.8)
+    filters, rest = (group["params"] for group in muon.param_groups)
+    assert len(filters) == sum(task3d.DEPTHS) and all(p.ndim == 4 for p in filters)  # not the frozen whitening
+    trained = {id(p) for p in filters + rest}
+    assert id(model.classifier.weight) in {id(p) for p in rest} and id(model.whitening.weight) not in trained
+    reference = copy.deepcopy(model)
+    sgd = torch.optim.SGD([p for p in reference.parameters() if p.requires_grad and p.ndim != 4],
+                          lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for net in (model, reference):
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+    before = {id(p): (p.detach().clone(), p.grad.clone()) for p in filters}
+    muon.step()
+    sgd.step()
+    for p in filters:
+        weight, gradient = before[id(p)]
+        update = gradient.lerp(gradient * 0.2, 0.8)  # Nesterov on a momentum buffer that starts at zero
+        normalised = weight * len(weight) ** 0.5 / weight.norm()
+        expected = normalised - 0.03 * task3d.orthogonalize(update.flatten(1)).view(p.shape)
+        assert torch.allclose(p, expected, atol=1e-6)
+    for mine, theirs in zip(rest, (p for p in reference.parameters() if p.requires_grad and p.ndim != 4)):
+        assert torch.allclose(mine, theirs, atol=1e-7)
+    # The momentum travels in the optimizer's state: a resumed optimizer takes the same next step.
+    twin, forgetful = copy.deepcopy(model), copy.deepcopy(model)
+    resumed = task3d.muon_optimizer(twin, config, lr=0.03, momentum=0.8)
+    resumed.load_state_dict(copy.deepcopy(muon.state_dict()))
+    fresh = task3d.muon_optimizer(forgetful, config, lr=0.03, momentum=0.8)
+    for net, optimizer in ((model, muon), (twin, resumed), (forgetful, fresh)):
+        net.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(model.parameters(), twin.parameters()))
+    assert not all(torch.equal(mine, theirs) for mine, theirs in zip(filters, fresh.param_groups[0]['params']))
 
 
 def test_schedule_start_peak_end(folder_data, tmp_path):
