@@ -39,7 +39,7 @@ from torch import nn  # noqa: E402
 import cli  # noqa: E402
 import dataloaders  # noqa: E402
 from runs import Run  # noqa: E402
-from trainer import Callback  # noqa: E402
+from trainer import Callback, graph_ready  # noqa: E402
 
 # lr and weight decay per image as airbench's (lr 0.75 at batch 512); batch 256 trains as fast
 # on the CPU and measured +0.2 points over 512.
@@ -218,18 +218,17 @@ class Muon(torch.optim.SGD):
 
 def muon_optimizer(model: Task3dModel, config, lr: float, momentum: float, nesterov: bool = True) -> Muon:
     """Muon at `lr` for the trainable conv filters (no weight decay: their norm is fixed), SGD as the flags
-    say for the rest (BatchNorm shifts, the classifier), in the form trainer.build_optimizer gives a
-    captured CUDA-graph step: learning rates as tensors on the device, the fused update."""
+    say for the rest (BatchNorm shifts, the classifier), in the form a captured CUDA-graph step needs
+    (trainer.graph_ready, as every optimizer)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     filters = [p for p in trainable if p.ndim == 4]
-    on_graph = {"fused": True} if config.cuda_graphs else {}
-    rate = (lambda value: torch.tensor(value, device=trainable[0].device)) if on_graph else float
-    return Muon([dict(params=filters, lr=rate(lr), momentum=0.0, weight_decay=0.0, nesterov=False,
+    filter_lr, _ = graph_ready(config, lr, trainable[0].device)
+    rest_lr, fused = graph_ready(config, config.lr, trainable[0].device)
+    return Muon([dict(params=filters, lr=filter_lr, momentum=0.0, weight_decay=0.0, nesterov=False,
                       orthogonalize=True, muon_momentum=momentum),
                  dict(params=[p for p in trainable if p.ndim != 4])],
                 dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32,
-                lr=rate(config.lr), momentum=config.momentum, weight_decay=config.weight_decay,
-                nesterov=nesterov, **on_graph)
+                lr=rest_lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=nesterov, **fused)
 
 
 # ---------------------------------------------------------------- the recipe's steps

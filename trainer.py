@@ -224,16 +224,20 @@ def should_early_stop(validation_losses, patience: int) -> bool:
     return len(validation_losses) - 1 - best_index >= patience
 
 
-def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> torch.optim.Optimizer:
-    """The optimizer `config` names, over the parameters that train.
+def graph_ready(config: TrainConfig, lr: float, device):
+    """A learning rate and the update's options as this run's step needs them: with CUDA graphs the rate is
+    a tensor on the GPU (the schedule writes it between replays) and the update a fused kernel that a graph
+    can capture; otherwise a number and the default update. Every optimizer a task builds goes through it."""
+    if config.cuda_graphs:
+        return torch.tensor(lr, device=device), {"fused": True}
+    return lr, {}
 
-    With CUDA graphs the learning rate is a tensor on the GPU (the schedule writes it between
-    replays) and the update a fused kernel that a graph can capture.
-    """
+
+def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> torch.optim.Optimizer:
+    """The optimizer `config` names, over the parameters that train (in the form graph_ready gives)."""
     parameters = [p for p in parameters if p.requires_grad]
     on_graph = config.cuda_graphs
-    lr = torch.tensor(config.lr, device=parameters[0].device) if on_graph else config.lr
-    fused = {"fused": True} if on_graph else {}
+    lr, fused = graph_ready(config, config.lr, parameters[0].device)
     capturable = {"fused": True, "capturable": True} if on_graph else {}  # Adam's step count on the GPU too
     name = config.optimizer
     if name == "sgd":
