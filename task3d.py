@@ -193,12 +193,10 @@ class Muon(torch.optim.SGD):
     directions count, and the learning rate alone sets the angle each step turns them by.
 
     Not torch.optim.Muon: it takes 2-D parameters only and orthogonalises in bf16, which a CPU without
-    bf16 instructions emulates (docs/task3d.md has the measurement); here the iteration runs in `dtype`.
+    bf16 instructions emulates. Here it runs in fp32 (the gradients' dtype) in every precision, so the
+    optimizer's arithmetic does not change with --precision, only the network's (docs/task3d.md has
+    what that cost and gave).
     """
-
-    def __init__(self, groups, dtype=torch.float32, **sgd):
-        super().__init__(groups, **sgd)
-        self.dtype = dtype
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -212,7 +210,7 @@ class Muon(torch.optim.SGD):
                 momentum.lerp_(p.grad, 1 - group["muon_momentum"])
                 update = p.grad.lerp(momentum, group["muon_momentum"]).flatten(1)
                 p.mul_(len(p) ** 0.5 / p.norm())
-                p.grad.copy_(orthogonalize(update.to(self.dtype)).view(p.shape))  # in place: p's layout
+                p.grad.copy_(orthogonalize(update).view(p.shape))  # in place: p's layout
         return super().step(closure)
 
 
@@ -227,7 +225,6 @@ def muon_optimizer(model: Task3dModel, config, lr: float, momentum: float, neste
     return Muon([dict(params=filters, lr=filter_lr, momentum=0.0, weight_decay=0.0, nesterov=False,
                       orthogonalize=True, muon_momentum=momentum),
                  dict(params=[p for p in trainable if p.ndim != 4])],
-                dtype=torch.bfloat16 if config.precision == "bf16" else torch.float32,
                 lr=rest_lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=nesterov, **fused)
 
 

@@ -260,6 +260,25 @@ def test_muon_turns_the_filters_by_their_orthogonalised_momentum_and_leaves_the_
     assert not all(torch.equal(mine, theirs) for mine, theirs in zip(filters, fresh.param_groups[0]['params']))
 
 
+def test_muon_takes_the_same_step_in_every_precision():
+    # --precision sets the network's arithmetic, not the optimizer's: the orthogonalisation runs in fp32.
+    torch.manual_seed(0)
+    model = Task3dModel((8, 16, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 10, (8,)))
+    loss.backward()
+    stepped = []
+    for precision in ("fp32", "bf16"):
+        net = copy.deepcopy(model)  # (without the gradients)
+        for mine, original in zip(net.parameters(), model.parameters()):
+            if original.grad is not None:
+                mine.grad = original.grad.clone()  # the step overwrites it
+        task3d.muon_optimizer(net, TrainConfig(momentum=0.9, precision=precision), lr=0.03, momentum=0.8).step()
+        stepped.append([p for p in net.parameters() if p.ndim == 4])
+    assert all(torch.equal(a, b) for a, b in zip(*stepped))
+    assert not all(torch.equal(a, b) for a, b in zip(stepped[0], (p for p in model.parameters() if p.ndim == 4)))
+
+
 def test_schedule_start_peak_end(folder_data, tmp_path):
     total = 100
     peak = int(WARMUP_FRACTION * total)
