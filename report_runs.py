@@ -1,8 +1,17 @@
-"""The runs the report is made of: their folders, the commands that make them, and the one table of
-the accuracies the assignment report published (trained on the original CIFAR-10)."""
+"""The runs the report is made of: their folders, the commands that make them, how long those take, and what
+each folder holds now, in one vocabulary (`STATES`) that the report, --train-missing and task3_compare.py share."""
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import runs
+from utils import UserError
+
+# What a run's folder holds, as the report says it.
+FINISHED, IN_PROGRESS, UNFINISHED, MISSING, BROKEN = "finished", "in progress", "unfinished", "missing", "broken"
+STATES = (FINISHED, IN_PROGRESS, UNFINISHED, MISSING, BROKEN)
 
 
 @dataclass(frozen=True)
@@ -10,39 +19,157 @@ class RunEntry:
     name: str                 # the run directory, runs/<name>
     title: str                # as in figures and tables
     label: str                # short, for comparisons
-    command: str              # what makes it
-    published: dict = field(default_factory=dict)  # split -> accuracy (or words), as the report gave it
-    figure: bool = True       # drawn on its own (task3c_before only appears in the Task 3c comparison)
-    # How long the default command takes, as measured in the README (seconds): on the 2-core AMD EPYC with
-    # one thread, and on an NVIDIA H100; for --train-missing's estimate and the missing-run paragraphs.
+    command: str              # what makes it (from this folder; --run-dir added where it is not the default)
+    question: str             # the assignment question it answers ("2a", "3b", "3c" ...)
+    figure: bool = True       # drawn on its own (the 3c runs appear in the Task 3c figure and table only)
+    experiment: str = ""      # a Task 3c experiment: its key in reference.EXPERIMENTS
+    # How long the default command takes, in seconds, by machine kind (machine_kinds): from the measurements in
+    # README.md and docs/; the kinds in `estimated` are derived from other runs, not timed.
     seconds: dict = field(default_factory=dict)
+    estimated: tuple = ()
+
+    @property
+    def own_folder(self) -> bool:
+        """Whether the command's default --run-dir is runs/<name> (a 3c experiment needs --run-dir)."""
+        return not self.experiment
 
 
+# On the 2-core AMD EPYC (bf16; fp32 from Task 2's ratio where not timed), the 2-core Intel Xeon with AMX for
+# Task 3d, and an NVIDIA H100: README.md's task table and docs/task3d.md, docs/task4.md.
+MODEL1_SECONDS = {"gpu": 21, "cpu-bf16": 1700, "cpu-fp32": 3400}
 RUNS = (
-    RunEntry("task2", "Task 2", "Task 2", "python task2.py", {"train": 0.915, "validation": 0.740, "test": 0.739},
-             seconds={"cpu": 350, "gpu": 17}),
-    RunEntry("task3_model1", "Task 3 Model 1", "Model 1", "python task3_model1.py",
-             {"train": 0.913, "validation": 0.805, "test": 0.810}, seconds={"cpu": 1700, "gpu": 21}),
-    RunEntry("task3_model2", "Task 3 Model 2", "Model 2", "python task3_model2.py",
-             {"train": 0.960, "validation": 0.767, "test": 0.763}, seconds={"cpu": 1400, "gpu": 20}),
+    RunEntry("task2", "Task 2", "Task 2", "python task2.py", "2a",
+             seconds={"gpu": 17, "cpu-bf16": 350, "cpu-fp32": 750}),
+    RunEntry("task3_model1", "Task 3 Model 1", "Model 1", "python task3_model1.py", "3a",
+             seconds=MODEL1_SECONDS, estimated=("cpu-fp32",)),
+    RunEntry("task3_model2", "Task 3 Model 2", "Model 2", "python task3_model2.py", "3a",
+             seconds={"gpu": 20, "cpu-bf16": 1400, "cpu-fp32": 2800}, estimated=("cpu-fp32",)),
     RunEntry("task3c_before", "Task 3c before deepening", "before deepening",
-             "python task3_model1.py --convs-per-stage 1", figure=False, seconds={"cpu": 400}),
-    RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", {"test": "a little over 0.80"},
-             seconds={"cpu": 860, "gpu": 25, "estimated": True}),  # docs/task3d.md: Muon's share estimated
-    # Estimated from the per-epoch and evaluation costs in docs/task4.md.
-    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py",
-             seconds={"cpu": 12 * 3600, "gpu": 40, "estimated": True}),
+             "python task3_model1.py --convs-per-stage 1", "3c", figure=False,
+             seconds={"cpu-bf16": 400, "cpu-fp32": 800}, estimated=("cpu-fp32",)),
+    RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", "3d",
+             seconds={"cpu-amx": 460, "cpu-bf16": 860, "cpu-fp32": 1060, "cpu-avx2": 1635}, estimated=("cpu-bf16",)),
+    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py", "4a",
+             seconds={"gpu": 40, "cpu-bf16": 12 * 3600, "cpu-fp32": 20 * 3600},
+             estimated=("gpu", "cpu-bf16", "cpu-fp32")),
 )
-REFERENCE = ("a published student report of this assignment (TDT4265-style), whose models were trained on the "
-             "original CIFAR-10 (torchvision's cifar-10-batches-py)")
-BY_NAME = {entry.name: entry for entry in RUNS}
+# Task 3c's other experiments, each Model 1 with one change (the reference tried each; --train-missing trains
+# them only when asked: each costs about what Model 1 does).
+EXPERIMENTS = (
+    RunEntry("task3c_elu", "Task 3c: ELU activations", "ELU", "python task3_model1.py --activation elu", "3c",
+             figure=False, experiment="activation", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
+    RunEntry("task3c_adam", "Task 3c: Adam", "Adam", "python task3_model1.py --optimizer adam --lr 1e-3", "3c",
+             figure=False, experiment="optimizer", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
+    RunEntry("task3c_rmsprop", "Task 3c: RMSprop", "RMSprop", "python task3_model1.py --optimizer rmsprop --lr 1e-4",
+             "3c", figure=False, experiment="optimizer", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
+    RunEntry("task3c_l2", "Task 3c: L2 regularisation", "L2", "python task3_model1.py --weight-decay 5e-4", "3c",
+             figure=False, experiment="l2", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
+    RunEntry("task3c_wider", "Task 3c: more filters", "more filters", "python task3_model1.py --widths 64 128 256",
+             "3c", figure=False, experiment="wider", seconds={k: 3 * v for k, v in MODEL1_SECONDS.items()},
+             estimated=tuple(MODEL1_SECONDS)),
+)
+BY_NAME = {entry.name: entry for entry in (*RUNS, *EXPERIMENTS)}
 
 
-def published_text(entry: RunEntry, split: str) -> str:
-    value = entry.published.get(split)
-    if value is None:
-        return "n/a"
-    return value if isinstance(value, str) else f"{value:.3f}"
+# ---------------------------------------------------------------- commands and their cost
+
+def script_argv(entry: RunEntry, runs_dir: Path, *extra: str) -> list[str]:
+    """The script and flags that make `entry`'s run in `runs_dir`, then `extra` (--resume, --data-dir ...)."""
+    argv = shlex.split(entry.command)[1:]
+    if not entry.own_folder or Path(runs_dir).resolve() != runs.RUNS_DIR.resolve():
+        folder = Path(runs_dir) / entry.name
+        argv += ["--run-dir", str(folder.relative_to(runs.ROOT) if folder.is_relative_to(runs.ROOT) else folder)]
+    return argv + list(extra)
+
+
+def command_for(entry: RunEntry, runs_dir: Path, *extra: str) -> str:
+    return f"python {shlex.join(script_argv(entry, runs_dir, *extra))}"
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+# Where each kind was measured, in words.
+KINDS = {"gpu": "an NVIDIA H100", "cpu-amx": "a 2-core CPU with AMX (bf16)",
+         "cpu-bf16": "a 2-core CPU with AVX512-BF16 (bf16)", "cpu-fp32": "a 2-core CPU in fp32",
+         "cpu-avx2": "a 2-core CPU with AVX2 only (fp32)"}
+
+
+def seconds_on(entry: RunEntry, kinds) -> tuple[float | None, str | None]:
+    """(seconds, kind) of the first of `kinds` (most specific first) that `entry` has a time for."""
+    return next(((entry.seconds[kind], kind) for kind in kinds if kind in entry.seconds), (None, None))
+
+
+def how_long(entry: RunEntry) -> str:
+    """The default command's time on a CPU and on a GPU, as measured (or estimated)."""
+    parts = []
+    for kinds in (("cpu-bf16", "cpu-amx"), ("cpu-fp32", "cpu-avx2"), ("gpu",)):
+        seconds, kind = seconds_on(entry, kinds)
+        if seconds:
+            estimate = " (estimated)" if kind in entry.estimated else ""
+            parts.append(f"about {duration_text(seconds)} on {KINDS[kind]}{estimate}")
+    return "; ".join(parts) or "not measured"
+
+
+# ---------------------------------------------------------------- what each folder holds
+
+def load(entry: RunEntry, runs_dir: Path):
+    """(state, run data or None, message) of `entry`'s folder in `runs_dir`: a state of STATES, counted as
+    runs.status counts it (a finished run set aside by a killed --overwrite is finished)."""
+    folder = Path(runs_dir) / entry.name
+    try:
+        held = runs.status(folder)
+        if held == "finished":
+            aside = runs.run_folders(folder)[0]
+            # An --overwrite stopped before its first checkpoint: the finished run is whole, (partly) set aside.
+            return FINISHED, runs.read_run(folder), "" if aside == folder else (
+                f"{folder}: read from {aside.name}/, where an --overwrite that stopped before its first checkpoint "
+                f"left {'part of it' if aside.name == runs.MOVING else 'it'}; the next start of its script puts "
+                "it back")
+        if runs.is_being_trained(folder):
+            state, message = IN_PROGRESS, f"{folder} is being trained right now (drawn as far as it got)"
+        elif held == "unfinished":
+            state = UNFINISHED
+            message = f"{folder} is unfinished: continue it with `{command_for(entry, runs_dir, '--resume')}`"
+        else:
+            return MISSING, None, f"{folder} is missing: make it with `{command_for(entry, runs_dir)}`"
+        try:
+            return state, runs.read_run(folder, finished=False), message
+        except UserError:  # nothing to draw yet (no validation, or written by an older version)
+            return state, None, message
+    except UserError as error:
+        return BROKEN, None, f"unusable: {error}"
+
+
+def read_all(runs_dir: Path, entries=None) -> dict:
+    """name -> {"state", "run", "message"} for each of `entries` (default: the assignment's RUNS)."""
+    found = {}
+    for entry in entries or RUNS:
+        state, run, message = load(entry, runs_dir)
+        found[entry.name] = {"state": state, "run": run, "message": message}
+    return found
+
+
+def not_real(item: dict) -> list[str]:
+    """Why a run read by load() is not the real thing (runs.caveats of its settings and state); [] when it is."""
+    return runs.caveats(item["run"]["config"], item["state"]) if item.get("run") else []
+
+
+def state_text(item: dict) -> str:
+    """A run's state as the summary says it: 'smoke run' or 'random weights' rather than 'finished' for a
+    finished run that is not the real thing."""
+    if item["state"] != FINISHED:
+        return item["state"]
+    notes = not_real(item)
+    if not notes:
+        return FINISHED
+    short = notes[0].split(":")[0].split(" (")[0]
+    return short if short in ("smoke run", "random weights") else "not the real thing"
 
 
 def metrics_table(columns: dict, digits: int = 3) -> str:
@@ -54,19 +181,3 @@ def metrics_table(columns: dict, digits: int = 3) -> str:
             cells = [f"{columns[name][split][measure]:.{digits}f}" for name in names]
             lines.append(f"| {split} {measure} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def duration_text(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.0f} h"
-
-
-def how_long(entry: RunEntry) -> str:
-    """The measured time of a run's default command, on a CPU and on a GPU."""
-    cpu, gpu = entry.seconds.get("cpu"), entry.seconds.get("gpu")
-    on_cpu = f"about {duration_text(cpu)} on a 2-core CPU" if cpu else "not measured on a CPU"
-    on_gpu = f"about {duration_text(gpu)} on an NVIDIA H100" if gpu else "not measured on a GPU (expect under a minute)"
-    return f"{on_cpu}, {on_gpu}" + (" (estimated from shorter runs)" if entry.seconds.get("estimated") else "")

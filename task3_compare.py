@@ -14,34 +14,49 @@ from pathlib import Path  # noqa: E402
 
 import cli  # noqa: E402
 import figures  # noqa: E402
+import reference  # noqa: E402
 import runs  # noqa: E402
-from report_runs import BY_NAME, metrics_table, published_text  # noqa: E402
+from report_runs import BY_NAME, FINISHED, load, metrics_table  # noqa: E402
 from utils import UserError, write_text  # noqa: E402
 
 
 def load_runs(runs_dir: Path, names, read: dict) -> tuple[dict, list[str]]:
-    """The runs that exist, and a message naming the command for each one that does not.
-    `read`: runs already read, by name; the ones read here are added to it."""
-    found, missing = {}, []
+    """The finished runs, and a message for each one that is not (missing: the command that makes it;
+    unfinished: the one that continues it...), as report.py says it. `read`: runs already read, by name; the
+    ones read here are added to it."""
+    found, absent = {}, []
     for name in names:
-        folder = Path(runs_dir) / name
-        if runs.status(folder) != "finished":  # as report.load counts it (a run set aside too)
-            missing.append(f"missing run {folder}: make it with `{BY_NAME[name].command}`")
-            continue
         if name not in read:
-            read[name] = runs.read_run(folder)
+            state, run, message = load(BY_NAME[name], runs_dir)
+            if state != FINISHED:
+                absent.append(f"{Path(runs_dir) / name} is {message}" if message.startswith("unusable") else message)
+                continue
+            read[name] = run
         found[name] = read[name]
-    return found, missing
+    return found, absent
+
+
+def data_names(models: dict) -> str:
+    """Where the runs' data came from, by folder name (no absolute path of this machine)."""
+    sources = {str(run["config"].get("data", {}).get("source", "?")) for run in models.values()}
+    return "; ".join(sorted(" ".join(Path(word).name if word.startswith("/") else word for word in source.split())
+                            for source in sources))
 
 
 def table_markdown(models: dict) -> str:
-    columns = {BY_NAME[name].label: run["metrics"] for name, run in models.items()}
-    published = "; ".join(f"{BY_NAME[name].label}: " + ", ".join(
-        f"{split} {published_text(BY_NAME[name], split)}" for split in ("train", "validation", "test"))
-        for name in models)
-    sources = sorted({run["config"].get("data", {}).get("source", "?") for run in models.values()})
-    return "\n".join([metrics_table(columns), "", f"Reported accuracy (original CIFAR-10): {published}",
-                      f"Our data: {'; '.join(sources)}."])
+    """Task 3b's table, ours beside the reference's losses and accuracies; runs that are not the real thing
+    marked in their column."""
+    columns = {runs.marked(BY_NAME[name].label, runs.caveats(run["config"])): run["metrics"]
+               for name, run in models.items()}
+    given = "; ".join(f"{BY_NAME[name].label}: " + ", ".join(
+        f"{split} {reference.result_text(name, split, 'loss')} / {reference.result_text(name, split)}"
+        for split in ("train", "validation", "test")) for name in models)
+    lines = [metrics_table(columns), "", f"The reference (Task 3b, original CIFAR-10), loss / accuracy: {given}.",
+             f"Our data: {data_names(models)}."]
+    notes = caveats_of(models)
+    if notes:
+        lines.insert(0, f"**Not the real result**: {'; '.join(notes)}.\n")
+    return "\n".join(lines)
 
 
 def best_marks(models: dict, labels: dict | None = None) -> dict:
@@ -56,11 +71,11 @@ def caveats_of(models: dict) -> list[str]:
 
 
 def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) -> list[str]:
-    """Draw what the saved runs allow; return one line per output written or run missing.
+    """Draw what the saved runs allow; return one line per output written or run not finished.
     `loaded`: finished runs the caller has read already (report.py), by name; not changed."""
     messages, read = [], dict(loaded or {})
-    models, missing = load_runs(runs_dir, ["task3_model1", "task3_model2"], read)
-    messages += missing
+    models, absent = load_runs(runs_dir, ["task3_model1", "task3_model2"], read)
+    messages += absent
     if len(models) == 2:
         figure = figures.training_curves({BY_NAME[n].label: run["history"] for n, run in models.items()},
                                          Path(plot_dir) / "task3_comparison.png", marks=best_marks(models),
@@ -69,8 +84,8 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
         table_path = Path(plot_dir) / "task3_table.md"
         write_text("# Task 3b\n\n" + table + "\n", table_path)
         messages += [f"wrote {figure}", f"wrote {table_path}:\n{table}"]
-    deepening, missing = load_runs(runs_dir, ["task3c_before", "task3_model1"], read)
-    messages += [m for m in missing if m not in messages]
+    deepening, absent = load_runs(runs_dir, ["task3c_before", "task3_model1"], read)
+    messages += [m for m in absent if m not in messages]
     if len(deepening) == 2:
         before, after = (deepening[n]["metrics"]["test"]["accuracy"] for n in ("task3c_before", "task3_model1"))
         labels = {"task3c_before": "before deepening", "task3_model1": "after (Model 1)"}
@@ -92,8 +107,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     messages = task3_outputs(args.runs_dir, args.plot_dir)
     print("\n".join(messages))
-    if any(m.startswith("missing run") for m in messages):
-        raise UserError("some Task 3 runs are missing (see above); the rest was drawn")
+    written = [m for m in messages if m.startswith("wrote ")]
+    if len(written) < len(messages):
+        raise UserError("some Task 3 runs are not finished (see above); "
+                        + ("the rest was drawn" if written else "nothing was drawn"))
 
 
 if __name__ == "__main__":

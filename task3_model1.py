@@ -9,7 +9,9 @@ The shared recipe (SGD, learning rate 0.05, batch size 64, early stopping as in 
 loss is tracked at every validation for the Task 3c figure.
 
 --convs-per-stage 1 trains the Task 3c "before deepening" network instead (one conv +
-ReLU + BatchNorm + max-pool per stage, same head) into runs/task3c_before.
+ReLU + BatchNorm + max-pool per stage, same head) into runs/task3c_before. Task 3c's other
+experiments are one flag each (--activation, --optimizer, --weight-decay, --widths for more
+filters); report.py lists their commands.
 """
 import startup
 
@@ -25,12 +27,16 @@ from runs import Run  # noqa: E402
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
 
+WIDTHS = (32, 64, 128)  # filters of the three stages
+
+
 class Model1(nn.Module):
-    def __init__(self, convs_per_stage: int = 2, activation: str = "relu", num_classes: int = 10):
+    def __init__(self, convs_per_stage: int = 2, activation: str = "relu", num_classes: int = 10,
+                 widths=WIDTHS):
         super().__init__()
         act = ACTIVATIONS[activation]
         layers, channels = [], 3
-        for width in (32, 64, 128):
+        for width in widths:
             for index in range(convs_per_stage):
                 layers += [nn.Conv2d(channels, width, kernel_size=5, stride=1, padding=2), act()]
                 channels = width
@@ -40,7 +46,7 @@ class Model1(nn.Module):
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         self.feature_extractor = nn.Sequential(*layers)
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(128 * 4 * 4, 512), act(), nn.Linear(512, 64), act(),
+            nn.Flatten(), nn.Linear(widths[-1] * 4 * 4, 512), act(), nn.Linear(512, 64), act(),
             nn.Linear(64, num_classes))
 
     def forward(self, x):
@@ -53,6 +59,8 @@ def main(argv=None):
                         help="the activation after every convolution and hidden linear layer")
     parser.add_argument("--convs-per-stage", type=int, choices=(1, 2), default=2,
                         help="1: the Task 3c network before deepening (runs/task3c_before)")
+    parser.add_argument("--widths", type=cli.positive_int, nargs=3, default=list(WIDTHS), metavar="W",
+                        help="filters of the three stages (Task 3c's \"more filters\": 64 128 256)")
     args = cli.parse(parser, argv)
     if args.convs_per_stage == 1:
         args.name = "task3c_before"
@@ -63,7 +71,7 @@ def train(args):
     deep = args.convs_per_stage == 2
     run = Run.start(args, title="Task 3 Model 1" if deep else "Task 3c before deepening")
     train_loader, val_loader, test_loader = run.load_cifar10()
-    trainer = run.trainer(Model1(args.convs_per_stage, args.activation), train_loader, val_loader, test_loader)
+    trainer = run.trainer(Model1(args.convs_per_stage, args.activation, widths=args.widths), train_loader, val_loader, test_loader)
     run.fit(trainer)
     return run.finish(trainer)
 

@@ -24,6 +24,7 @@ import cli  # noqa: E402
 import dataloaders  # noqa: E402
 from dataloaders import CLASSES  # noqa: E402
 from trainer import TrainConfig, Trainer  # noqa: E402
+from utils import write_json  # noqa: E402
 
 # Runs of the same seed are bit-identical on a CPU as they are; a GPU needs deterministic kernels for it.
 REPEATABLE = ["--deterministic"] if torch.cuda.is_available() else []
@@ -111,6 +112,71 @@ def run_script(script: str, *args, timeout: float = 300, env=None) -> subprocess
     full_env.pop("CIFAR10_DIR", None) if env is None or "CIFAR10_DIR" not in env else None
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+RECIPES = {"task2": 10, "task3_model1": 10, "task3_model2": 10, "task3c_before": 10, "task3d": 10, "task4a": 5}
+
+
+def model_of(name: str) -> nn.Module:
+    """The network a task's run trains (what its config.json's layer list is read from)."""
+    import task2
+    import task3_model1
+    import task3_model2
+    import task3d
+    if name == "task4a":
+        import task4a
+        from torchvision.models import resnet18
+        return task4a.transfer_model(resnet18(weights=None))
+    return {"task2": task2.Task2Model, "task3_model1": task3_model1.Model1, "task3_model2": task3_model2.Model2,
+            "task3c_before": lambda: task3_model1.Model1(convs_per_stage=1), "task3d": task3d.Task3dModel}.get(
+        name.split("-")[0], task3_model1.Model1)()
+
+
+def fake_run(folder: Path, name: str, test_accuracy: float, title: str | None = None, *, track_test: bool = False,
+             steps: int = 40, seed: int = 0, directory: str | None = None, real: bool = False,
+             settings: dict | None = None) -> Path:
+    """A run folder as the Trainer writes it (config.json, history.json, metrics.json), with numbers that differ
+    by `test_accuracy`: the one way the tests write a run without training. `real`: a whole run of the task's
+    recipe (CIFAR-10's split, its epochs, its network, a confusion matrix, steps of a real run) that nothing may
+    call a smoke run; else a short run with a small config."""
+    epochs = RECIPES.get(name, 10)
+    if real:
+        steps, per_epoch = epochs * 700, 700
+    else:
+        per_epoch = 20
+    points = sorted({max(1, round(steps * i / 8)) for i in range(1, 9)})
+    validations = [{"step": s, "epoch": s / per_epoch, "loss": 2.0 - s / steps, "accuracy": 0.2 + 0.6 * s / steps,
+                    "train_accuracy": 0.25 + 0.65 * s / steps, **({"test_loss": 2.1 - s / steps} if track_test else {})}
+                   for s in points]
+    history = {"train_loss": {"steps": list(range(steps)), "values": [2.3 - 1.5 * i / steps for i in range(steps)]},
+               "validation": validations}
+    metrics = {split: {"loss": round(1.5 - test_accuracy, 4), "accuracy": accuracy}
+               for split, accuracy in (("train", test_accuracy + 0.1), ("validation", test_accuracy - 0.01),
+                                       ("test", test_accuracy))}
+    metrics.update(best_step=steps, steps=steps, epochs=steps / per_epoch, wall_seconds=123.0, early_stopped=False)
+    recipe = {"epochs": epochs, "subset": None, "max_steps": None, "validation_fraction": 0.1}
+    config = {"name": name.split("-")[0], "title": title or name,
+              "settings": {**recipe, "name": name, "seed": seed, "track_test": track_test, "lr": 0.05,
+                           "batch_size": 64, "optimizer": "sgd", "run_dir": str(folder / (directory or name)),
+                           **(settings or {})},
+              "defaults": {**recipe, "lr": 0.05, "batch_size": 64, "optimizer": "sgd"},
+              "resolved": {"device_name": "Test CPU, 2 threads", "precision": "bf16"},
+              "data": {"source": "image folders at /data/cifar10-jpeg"}, "versions": {"torch": "9.9.9"}}
+    if real:
+        rng = np.random.default_rng(seed)
+        confusion = (rng.integers(0, 30, (10, 10)) + np.eye(10, dtype=int) * int(1000 * test_accuracy)).tolist()
+        for split in ("validation", "test"):
+            metrics[split].update(confusion=confusion, per_class_accuracy={
+                c: confusion[i][i] / sum(confusion[i]) for i, c in enumerate(CLASSES)})
+        model = model_of(name)
+        config["data"].update(train_images=45_000, validation_images=5_000, test_images=10_000)
+        config["model"] = {"class": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
+                           "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                           "repr": repr(model)}
+    run_dir = Path(folder) / (directory or name)
+    for key, data in (("config", config), ("history", history), ("metrics", metrics)):
+        write_json(data, run_dir / f"{key}.json")
+    return run_dir
 
 
 def snapshot(run_dir):

@@ -1,42 +1,26 @@
 """report.py: every figure and plots/report.md from saved run directories, no training."""
 import json
+from pathlib import Path
 
 import pytest
 
 import report
-from helpers import run_script
+import report_figures
+import report_layers
+import report_runs
+import report_sections
+import report_training
+from helpers import fake_run, run_script
 from utils import UserError, write_json
-
-
-def fake_run(folder, name, title, test_accuracy, track_test=False, steps=40, seed=0, directory=None):
-    """A run directory in the format the Trainer writes, with distinct numbers per run."""
-    validations = [{"step": s, "epoch": s / 20, "loss": 2.0 - s / 40, "accuracy": 0.2 + s / 100,
-                    **({"test_loss": 2.1 - s / 40} if track_test else {})} for s in (10, 20, 30, 40)]
-    history = {"train_loss": {"steps": list(range(steps)), "values": [2.3 - i / 40 for i in range(steps)]},
-               "validation": validations}
-    metrics = {split: {"loss": round(1.5 - test_accuracy, 4), "accuracy": accuracy}
-               for split, accuracy in (("train", test_accuracy + 0.1), ("validation", test_accuracy - 0.01),
-                                       ("test", test_accuracy))}
-    metrics.update(best_step=40, steps=steps, epochs=2.0, wall_seconds=123.0)
-    config = {"name": name, "title": title,
-              "settings": {"name": name, "seed": seed, "subset": None, "max_steps": None, "track_test": track_test,
-                           "lr": 0.05, "run_dir": str(folder / name)},
-              "resolved": {"device_name": "Test CPU, 2 threads", "precision": "bf16"},
-              "data": {"source": "image folders at /data/cifar10-jpeg"},
-              "versions": {"torch": "9.9.9"}}
-    run_dir = folder / (directory or name)
-    for key, data in (("config", config), ("history", history), ("metrics", metrics)):
-        write_json(data, run_dir / f"{key}.json")
-    return run_dir
 
 
 @pytest.fixture
 def runs(tmp_path):
     runs_dir = tmp_path / "runs"
-    fake_run(runs_dir, "task2", "Task 2", 0.6123)
-    fake_run(runs_dir, "task3_model1", "Task 3 Model 1", 0.7234)
-    fake_run(runs_dir, "task3_model2", "Task 3 Model 2", 0.6862)
-    fake_run(runs_dir, "task3c_before", "Task 3c before", 0.6512, track_test=True)
+    fake_run(runs_dir, "task2", 0.6123, "Task 2")
+    fake_run(runs_dir, "task3_model1", 0.7234, "Task 3 Model 1")
+    fake_run(runs_dir, "task3_model2", 0.6862, "Task 3 Model 2")
+    fake_run(runs_dir, "task3c_before", 0.6512, "Task 3c before", track_test=True)
     # task3d missing entirely; task4a interrupted (a checkpoint, no metrics.json)
     (runs_dir / "task4a").mkdir()
     (runs_dir / "task4a" / "last.pt").write_bytes(b"stand-in")
@@ -50,10 +34,10 @@ def test_report_from_saved_runs(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     report = (plots / "report.md").read_text()
     # our numbers, each next to the published one
-    assert "0.612 / 0.739" in report          # Task 2 test
-    assert "0.723 / 0.810" in report          # Model 1 test
-    assert "0.686 / 0.763" in report          # Model 2 test
-    assert "0.712 / 0.915" in report          # Task 2 train
+    assert "| Task 2 | finished | 0.612 | 0.739 | 0.888 | 0.858 |" in report         # summary: test, ours / theirs
+    assert "| Task 3 Model 1 | finished | 0.723 | 0.810 | 0.777 | 0.596 |" in report
+    assert "| Task 3 Model 2 | finished | 0.686 | 0.763 | 0.814 | 0.862 |" in report
+    assert "| train | 0.888 | 0.712 | 0.257 | 0.915 |" in report                 # 2b: every split
     # data source and machine of every run
     assert report.count("image folders at cifar10-jpeg") >= 4 and "/data/" not in report
     assert "Test CPU, 2 threads" in report
@@ -174,7 +158,7 @@ def test_a_metrics_file_with_wrong_types_is_named_and_the_rest_is_produced(runs,
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
     assert f"runs/task3_model2/metrics.json is damaged: {expected}" in text
-    assert "0.612 / 0.739" in text and (plots / "task2.png").exists()   # everything else is there
+    assert "| Task 2 | finished | 0.612 | 0.739 |" in text and (plots / "task2.png").exists()   # everything else is there
 
 
 @pytest.mark.slow
@@ -212,14 +196,14 @@ def test_confusion_figure_and_most_confused_pairs(runs, tmp_path):
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     assert (plots / "task2_confusion.png").stat().st_size > 10_000
-    assert "Most confused: cat taken for dog (40 images)" in (plots / "report.md").read_text()
+    assert "Most confused: Task 2: cat taken for dog (40 images)" in (plots / "report.md").read_text()
 
 
 @pytest.mark.slow
 def test_runs_that_differ_only_by_seed_are_summarised(runs, tmp_path):
     for seed, accuracy in ((0, 0.60), (1, 0.62), (2, 0.64)):
-        fake_run(runs, "task2", "Task 2", accuracy, seed=seed, directory=f"task2-seed{seed}")
-    fake_run(runs, "task2", "Task 2", 0.5, seed=3, directory="task2-other")
+        fake_run(runs, "task2", accuracy, "Task 2", seed=seed, directory=f"task2-seed{seed}")
+    fake_run(runs, "task2", 0.5, "Task 2", seed=3, directory="task2-other")
     json_path = runs / "task2-other" / "config.json"
     config = json.loads(json_path.read_text())
     config["settings"]["lr"] = 0.01                       # another experiment: not in the group
@@ -229,7 +213,7 @@ def test_runs_that_differ_only_by_seed_are_summarised(runs, tmp_path):
     text = (plots / "report.md").read_text()
     # runs/task2 (seed 0) and task2-seed0 are the same seed: counted once
     assert "| Task 2 | 3 | 0, 1, 2 | " in text and "| 0.6200 ± 0.0200 |" in text
-    assert "| 4 |" not in text
+    assert "| Task 2 | 4 |" not in text
 
 
 # ---------------------------------------------------------------- the report as a TA reads it (issue 21)
@@ -279,7 +263,9 @@ def test_runs_that_are_not_the_real_thing_say_so_in_rows(runs, tmp_path):
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
-    assert "| Task 3 Model 2 (smoke run: --subset 300, --max-steps 5; 2 of the recipe's 10 epochs) | finished" in text
+    assert "| Task 3 Model 2 | smoke run |" in text                   # the summary's state
+    assert "Task 3 Model 2 (smoke run: --subset 300, --max-steps 5; 2 of the recipe's 10 epochs)" in text  # banner
+    assert "| Model 2 (ours) (smoke run) |" in text                   # 3b's column
     assert "| Task 2 | finished" in text                              # the real runs carry no mark
 
 
@@ -332,29 +318,114 @@ def test_figure_goes_to_plots_only_for_the_tasks_own_folder(tmp_path):
     assert runs_module.figure_path(tmp_path / "x", "task2", tmp_path / "p") == tmp_path / "p" / "task2.png"
 
 
-@pytest.mark.slow
-def test_train_missing_trains_in_order_then_writes_the_report(runs, tmp_path, monkeypatch, capsys):
-    calls = []
+# ---------------------------------------------------------------- --train-missing
+
+@pytest.fixture
+def training(runs, monkeypatch):
+    """--train-missing with the scripts faked: each call is recorded and makes the run it names (a real one, or
+    the exit code `codes` gives); the ImageNet weights are "downloaded" unless a test says otherwise."""
+    import resnet
+    calls, codes = [], {}
 
     def fake_training(argv):
         calls.append(argv)
-        name = {"task3d.py": "task3d", "task4a.py": "task4a"}[argv[0]]
-        fake_run(runs, name, name, 0.8)
+        name = Path(argv[argv.index("--run-dir") + 1]).name
+        if codes.get(name):
+            return codes[name]
+        fake_run(runs, name, 0.8)
         return 0
-    monkeypatch.setattr(report, "train_one", fake_training)
+    monkeypatch.setattr(report_training, "train_one", fake_training)
+    monkeypatch.setattr(resnet, "imagenet_state_dict", lambda: {})
+    monkeypatch.setattr(report_training, "machine_kinds", lambda: (["cpu-bf16"], "this CPU in bf16 (AVX512-BF16)"))
+    return calls, codes
+
+
+@pytest.mark.slow
+def test_train_missing_trains_in_order_then_writes_the_report(runs, tmp_path, training, capsys):
+    calls, _ = training
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--train-missing", "--data-dir", "DATA"])
     assert calls == [["task3d.py", "--run-dir", str(runs / "task3d"), "--data-dir", "DATA"],
                      ["task4a.py", "--run-dir", str(runs / "task4a"), "--resume", "--data-dir", "DATA"]]
     err = capsys.readouterr().err
-    assert "will train 2 run(s)" in err and "in all about" in err
+    assert "will train 2 run(s)" in err and "times for this CPU in bf16 (AVX512-BF16)" in err
+    assert "~14 min (estimated)" in err                        # Task 3d on a CPU with AVX512-BF16 and no AMX
     assert "Not run yet" not in (plots / "report.md").read_text()
 
 
-def test_train_missing_stops_at_a_failed_run(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(report, "train_one", lambda argv: 1)
-    with pytest.raises(UserError, match="training task3d failed"):
-        report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing"])
+@pytest.mark.slow
+def test_a_run_that_is_not_the_real_thing_is_replaced_as_overwrite_does(runs, tmp_path, training, capsys):
+    calls, _ = training
+    config = json.loads((runs / "task2" / "config.json").read_text())
+    config["settings"].update(subset=2000, max_steps=50)
+    write_json(config, runs / "task2" / "config.json")
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing"])
+    assert calls[0] == ["task2.py", "--run-dir", str(runs / "task2"), "--overwrite"]
+    err = capsys.readouterr().err
+    assert "replace  Task 2 (finished, not the real thing: smoke run: --subset 2000, --max-steps 50)" in err
+
+
+def test_nothing_to_train_only_when_every_run_is_real(runs, tmp_path, training, capsys):
+    calls, _ = training
+    fake_run(runs, "task3d", 0.9)
+    fake_run(runs, "task4a", 0.8)
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing"])
+    assert calls == [] and "nothing to train" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_what_cannot_run_is_skipped_up_front_a_failure_never_stops_the_report(runs, tmp_path, training, capsys,
+                                                                               monkeypatch):
+    import resnet
+    calls, codes = training
+
+    def offline():
+        raise UserError("ImageNet weights for ResNet-18 are not cached and could not be downloaded")
+    monkeypatch.setattr(resnet, "imagenet_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    codes["task3d"] = 1
+    plots = tmp_path / "plots"
+    with pytest.raises(UserError, match=r"1 run\(s\) failed to train \(Task 3d"):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--train-missing", "--image",
+                     str(tmp_path / "no-photo.jpg")])
+    err = capsys.readouterr().err
+    skipped = err.index("skipped Task 4a: ImageNet weights for ResNet-18 are not cached")
+    assert skipped < err.index("will train 1 run(s)")               # said before any training
+    assert "skipped Tasks 4b and 4c (figures): " in err and "no-photo.jpg is missing" in err
+    assert [argv[0] for argv in calls] == ["task3d.py"]
+    assert "training Task 3d failed (exit 1" in err
+    assert (plots / "report.md").is_file() and (plots / "report.html").is_file()    # written all the same
+
+
+def test_skip_leaves_a_run_out_and_says_so(runs, tmp_path, training, capsys):
+    calls, _ = training
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing", "--skip",
+                 "task3d", "task4a"])
+    err = capsys.readouterr().err
+    assert calls == [] and "skipped Task 3d (--skip)" in err and "skipped Task 4a (--skip)" in err
+
+
+def test_an_interrupted_train_missing_says_how_to_go_on_with_every_flag_given(runs, tmp_path, training, monkeypatch):
+    def interrupted(argv):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report_training, "train_one", interrupted)
+    argv = ["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing", "--data-dir", "D D"]
+    with pytest.raises(report.TrainingInterrupted) as stopped:
+        report.main(argv)
+    assert f"`python report.py --runs-dir {runs} --plot-dir {tmp_path / 'plots'} --train-missing --data-dir 'D D'` " \
+           "continues where it stopped" in str(stopped.value)
+    assert "--resume" not in str(stopped.value)
+
+
+def test_the_experiments_train_only_when_asked(runs, tmp_path, training):
+    calls, _ = training
+    fake_run(runs, "task3d", 0.9)
+    fake_run(runs, "task4a", 0.8)
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing",
+                 "--with-experiments"])
+    assert [Path(argv[argv.index("--run-dir") + 1]).name for argv in calls] == [
+        "task3c_elu", "task3c_adam", "task3c_rmsprop", "task3c_l2", "task3c_wider"]
+    assert calls[1][:5] == ["task3_model1.py", "--optimizer", "adam", "--lr", "1e-3"]
 
 
 # ---------------------------------------------------------------- damaged or odd inputs (issue 20)
@@ -399,7 +470,7 @@ def test_a_confusion_matrix_of_three_classes_is_named_and_the_rest_is_produced(r
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
     assert "runs/task2/metrics.json is damaged: the test confusion matrix is not a 10x10" in text
-    assert "0.723 / 0.810" in text and (plots / "report.html").exists()
+    assert "| Task 3 Model 1 | finished | 0.723 | 0.810 |" in text and (plots / "report.html").exists()
 
 
 @pytest.mark.slow
@@ -421,7 +492,7 @@ def test_layer_table_from_the_model_repr_in_config():
     from torch import nn
 
     model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU()), nn.Flatten(), nn.Linear(8, 10))
-    assert report.layer_rows(repr(model)) == [
+    assert report_layers.layer_rows(repr(model)) == [
         ["0.0", "Conv2d", "3, 8, kernel_size=(5, 5), stride=(1, 1), padding=(2, 2)"], ["0.1", "ReLU", ""],
         ["1", "Flatten", "start_dim=1, end_dim=-1"], ["2", "Linear", "in_features=8, out_features=10, bias=True"]]
 
@@ -442,7 +513,8 @@ def test_a_task4b_figure_of_random_weights_is_marked_in_the_report(runs, tmp_pat
     text = (plots / "report.md").read_text()
     section = text[text.index("### Task 4b"):text.index("### Task 4c")]
     assert "**Not the real thing**: drawn with random weights" in section
-    assert "![First-layer filters and activations on photo.jpg (random weights)](task4b.png)" in section
+    assert "![Figure 7: the first convolution's filters [14, 26, 32, 49, 52]" in section
+    assert "(First-layer filters and activations on photo.jpg (random weights))](task4b.png)" in section
 
 
 @pytest.mark.slow
@@ -457,7 +529,7 @@ def test_a_config_whose_defaults_or_model_is_not_an_object_is_named(runs, tmp_pa
     text = (plots / "report.md").read_text()
     assert "runs/task2/config.json is damaged: 'defaults' is not an object" in text
     assert "runs/task3_model2/config.json is damaged: 'model' is not an object" in text
-    assert "0.723 / 0.810" in text  # Model 1, undamaged, is reported
+    assert "| Task 3 Model 1 | finished | 0.723 | 0.810 |" in text  # Model 1, undamaged, is reported
 
 
 @pytest.mark.slow
@@ -470,14 +542,14 @@ def test_a_run_set_aside_by_an_interrupted_overwrite_is_reported(runs, tmp_path)
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
-    assert "0.612 / 0.739" in text and "task2 is missing" not in text
+    assert "| Task 2 | finished | 0.612 | 0.739 |" in text and "task2 is missing" not in text
 
 
 def test_a_run_that_did_not_record_its_defaults_is_not_called_the_defaults():
     settings = {"lr": 0.01, "optimizer": "adam", "seed": 0}
-    assert report.differences({"config": {"settings": settings}}) == \
+    assert report_sections.differences({"config": {"settings": settings}}) == \
         "settings as in its config.json (defaults not recorded)"
-    assert report.differences({"config": {"settings": settings, "defaults": {"lr": 0.05, "optimizer": "adam"}}}) \
+    assert report_sections.differences({"config": {"settings": settings, "defaults": {"lr": 0.05, "optimizer": "adam"}}}) \
         == "--lr 0.01"
 
 
@@ -496,12 +568,12 @@ def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_ar
     monkeypatch.setattr(figures, "training_curves", lambda runs, path, **kw: drawn.append(kw["marks"]) or path)
     runs_dir = tmp_path / "runs"
     for name in ("task3_model1", "task3_model2", "task3c_before"):
-        fake_run(runs_dir, name, name, 0.7)
+        fake_run(runs_dir, name, 0.7)
         write_json({**json.loads((runs_dir / name / "metrics.json").read_text()), "early_stopped": True},
                    runs_dir / name / "metrics.json")
     task3_compare.task3_outputs(runs_dir, tmp_path / "plots")
-    item = {"run": report.runs.read_run(runs_dir / "task3_model1"), "state": "ok"}
-    report.draw(report.BY_NAME["task3_model1"], item, tmp_path / "plots", {"curves": {}, "confusion": {}})
+    item = {"run": report.runs.read_run(runs_dir / "task3_model1"), "state": "finished"}
+    report_figures.draw(report_runs.BY_NAME["task3_model1"], item, tmp_path / "plots", {"curves": {}, "confusion": {}})
     assert drawn and all(mark == {"best": 40, "stopped": 40} for marks in drawn for mark in marks.values())
     assert sum(len(marks) for marks in drawn) == 5
 
@@ -513,12 +585,12 @@ def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved
     import os
     import runs
     import task3_compare
-    folder = fake_run(tmp_path, "task2", "Task 2", 0.6123)
+    folder = fake_run(tmp_path, "task2", 0.6123, "Task 2")
     (folder / runs.MOVING).mkdir()
     for name in [name for name in runs.OUTPUTS if (folder / name).exists()][:moved]:  # set_aside's order
         os.replace(folder / name, folder / runs.MOVING / name)
-    state, run, message = report.load(report.BY_NAME["task2"], tmp_path)
-    assert runs.status(folder) == "finished" and state == "ok", message
+    state, run, message = report_runs.load(report_runs.BY_NAME["task2"], tmp_path)
+    assert runs.status(folder) == "finished" and state == "finished", message
     assert run["metrics"]["test"]["accuracy"] == 0.6123 and runs.MOVING in message
     found, missing = task3_compare.load_runs(tmp_path, ["task2"], {})  # Task 3's figures agree
     assert not missing and found["task2"]["metrics"] == run["metrics"]

@@ -6,10 +6,9 @@ import torch
 from torch import nn
 
 import task3_compare
-from helpers import exit_code, run_script
+from helpers import exit_code, fake_run, run_script
 from task3_model1 import Model1
 from task3_model2 import Model2
-from utils import write_json
 
 
 def layer_kinds(model):
@@ -75,35 +74,50 @@ def test_tiny_runs(folder_data, tmp_path, script, extra, name):
         assert "test_loss" in history["validation"][0]
 
 
-def fake_run(folder, test_accuracy, with_test_loss=True):
-    history = {"train_loss": {"steps": list(range(40)), "values": [2 - i / 40 for i in range(40)]},
-               "validation": [{"step": s, "epoch": s / 20, "loss": 1.5 - s / 100, "accuracy": 0.4 + s / 100,
-                               **({"test_loss": 1.6 - s / 100} if with_test_loss else {})}
-                              for s in (10, 20, 30, 40)]}
-    metrics = {split: {"loss": 0.5, "accuracy": acc} for split, acc in
-               (("train", 0.9), ("validation", 0.8), ("test", test_accuracy))}
-    write_json(history, folder / "history.json")
-    write_json(metrics, folder / "metrics.json")
-    write_json({"data_source": "synthetic"}, folder / "config.json")
-
-
 def test_comparison_and_table_from_saved_runs(tmp_path):
-    fake_run(tmp_path / "runs" / "task3_model1", 0.8123)
-    fake_run(tmp_path / "runs" / "task3_model2", 0.7654, with_test_loss=False)
-    fake_run(tmp_path / "runs" / "task3c_before", 0.7711)
+    fake_run(tmp_path / "runs", "task3_model1", 0.8123, track_test=True)
+    fake_run(tmp_path / "runs", "task3_model2", 0.7654)
+    fake_run(tmp_path / "runs", "task3c_before", 0.7711, track_test=True)
     messages = task3_compare.task3_outputs(tmp_path / "runs", tmp_path / "plots")
-    assert not any("missing" in m for m in messages)
+    assert all(m.startswith("wrote ") for m in messages)
     table = (tmp_path / "plots" / "task3_table.md").read_text()
     assert "| test accuracy | 0.812 | 0.765 |" in table
+    assert "test 0.596 / 0.810" in table and "test 0.862 / 0.763" in table     # the reference's loss / accuracy
+    assert "Not the real result" not in table and str(tmp_path) not in table and "/data/" not in table
     assert (tmp_path / "plots" / "task3_comparison.png").exists()
     assert (tmp_path / "plots" / "task3c_deepening.png").exists()
 
 
 @pytest.mark.slow
 def test_missing_run_names_the_script(tmp_path, capsys):
-    fake_run(tmp_path / "runs" / "task3_model1", 0.81)
-    assert exit_code(task3_compare.main, "--runs-dir", tmp_path / "runs", "--plot-dir", tmp_path / "plots") == 1
+    runs = tmp_path / "runs"
+    fake_run(runs, "task3_model1", 0.81)
+    assert exit_code(task3_compare.main, "--runs-dir", runs, "--plot-dir", tmp_path / "plots") == 1
     out, err = capsys.readouterr()
-    assert "make it with `python task3_model2.py`" in out
-    assert "make it with `python task3_model1.py --convs-per-stage 1`" in out
-    assert err.strip().startswith("error: some Task 3 runs are missing")
+    assert f"make it with `python task3_model2.py --run-dir {runs / 'task3_model2'}`" in out
+    assert f"make it with `python task3_model1.py --convs-per-stage 1 --run-dir {runs / 'task3c_before'}`" in out
+    assert err.strip() == "error: some Task 3 runs are not finished (see above); nothing was drawn"
+
+
+def test_an_unfinished_run_is_named_with_the_command_that_continues_it(tmp_path, capsys):
+    """Not "missing" with the bare default command: unfinished, continued by its own --run-dir plus --resume."""
+    runs = tmp_path / "runs"
+    fake_run(runs, "task3_model1", 0.81, track_test=True)
+    fake_run(runs, "task3c_before", 0.71, track_test=True)
+    (runs / "task3_model2").mkdir()
+    (runs / "task3_model2" / "last.pt").write_bytes(b"stand-in")
+    assert exit_code(task3_compare.main, "--runs-dir", runs, "--plot-dir", tmp_path / "plots") == 1
+    out, err = capsys.readouterr()
+    assert f"task3_model2 is unfinished: continue it with `python task3_model2.py --run-dir " \
+           f"{runs / 'task3_model2'} --resume`" in out and "missing" not in out
+    assert err.strip() == "error: some Task 3 runs are not finished (see above); the rest was drawn"
+
+
+def test_the_table_of_smoke_runs_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    for name in ("task3_model1", "task3_model2"):
+        fake_run(runs, name, 0.5, settings={"subset": 500, "max_steps": 20})
+    task3_compare.task3_outputs(runs, tmp_path / "plots")
+    table = (tmp_path / "plots" / "task3_table.md").read_text()
+    assert table.count("smoke run: --subset 500, --max-steps 20") >= 2 and "**Not the real result**" in table
+    assert "| | Model 1 (smoke run: --subset 500, --max-steps 20) |" in table
