@@ -16,3 +16,10 @@ def folder_data(tmp_path_factory) -> Path:
 def batches_data(tmp_path_factory) -> Path:
     """300 train and 100 test images as cifar-10-batches-py pickles."""
     return write_batches(tmp_path_factory.mktemp("batches"))
+
+
+@pytest.fixture(autouse=True)
+def answers_elsewhere(tmp_path, monkeypatch):
+    """report.py writes answers.md beside the scripts when it is missing: in a test, into the test's folder."""
+    import report
+    monkeypatch.setattr(report, "ANSWERS", tmp_path / "answers.md")

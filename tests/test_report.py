@@ -30,7 +30,8 @@ def runs(tmp_path):
 @pytest.mark.slow
 def test_report_from_saved_runs(runs, tmp_path):
     plots = tmp_path / "plots"
-    result = run_script("report.py", "--runs-dir", runs, "--plot-dir", plots, timeout=300)
+    result = run_script("report.py", "--runs-dir", runs, "--plot-dir", plots, "--answers", tmp_path / "answers.md",
+                        timeout=300)
     assert result.returncode == 0, result.stderr
     report = (plots / "report.md").read_text()
     # our numbers, each next to the published one
