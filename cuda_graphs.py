@@ -8,7 +8,16 @@ buffers, the learning rate lives in a GPU tensor that the schedule overwrites be
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
+
+# Every CUDA call a captured step makes, in one place: the device type they are for and the functions. A test
+# on a machine without a GPU replaces it with stand-ins (one whose capture fails, say) and trains on the CPU.
+CUDA = SimpleNamespace(
+    device_type="cuda", Stream=torch.cuda.Stream, current_stream=torch.cuda.current_stream,
+    stream=torch.cuda.stream, record_stream=torch.Tensor.record_stream, Graph=torch.cuda.CUDAGraph,
+    graph=torch.cuda.graph)
 
 
 # Eager steps before each capture: cuDNN times its kernels (benchmark mode), the optimizer creates its
@@ -29,6 +38,11 @@ def can_capture(optimizer: torch.optim.Optimizer, precision: str, distributed: b
     if not isinstance(lr, torch.Tensor) or not optimizer.defaults.get("fused"):
         return f"the optimizer ({type(optimizer).__name__}) has no fused, tensor-learning-rate update"
     return None
+
+
+def applies_to(device) -> bool:
+    """Whether steps on `device` can be captured at all (CUDA graphs are CUDA's)."""
+    return torch.device(device).type == CUDA.device_type
 
 
 class GraphedStep:
@@ -64,18 +78,18 @@ class GraphedStep:
 
     def _eager(self, images, labels):
         # On a side stream, as CUDA graphs want their warm-up (PyTorch's whole-network capture recipe).
-        self.stream = self.stream or torch.cuda.Stream()
-        main = torch.cuda.current_stream()
+        self.stream = self.stream or CUDA.Stream()
+        main = CUDA.current_stream()
         self.stream.wait_stream(main)
-        with torch.cuda.stream(self.stream):
+        with CUDA.stream(self.stream):
             # Tell the caching allocator which stream still uses memory allocated on the other, so that
             # it reuses no block before that stream is done with it.
-            images.record_stream(self.stream)
-            labels.record_stream(self.stream)
+            CUDA.record_stream(images, self.stream)
+            CUDA.record_stream(labels, self.stream)
             loss, accuracy = self.step(images, labels, cache_enabled=True)
         main.wait_stream(self.stream)
-        loss.record_stream(main)
-        accuracy.record_stream(main)
+        CUDA.record_stream(loss, main)
+        CUDA.record_stream(accuracy, main)
         return loss, accuracy
 
     def _capture(self, images, labels):
@@ -84,7 +98,7 @@ class GraphedStep:
         # Gradients are allocated inside the graph's memory pool and overwritten by every replay (the step's
         # own zero_grad finds none to clear while it is captured).
         self.optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        self.graph = CUDA.Graph()
+        with CUDA.graph(self.graph):
             # Autocast's cache of cast weights must not outlive the capture.
             self.loss, self.accuracy = self.step(self.images, self.labels, cache_enabled=False)

@@ -548,7 +548,7 @@ class Run:
         fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
         run.config = TrainConfig(**{name: getattr(args, name) for name in fields}, precision=precision,
                                  channels_last=channels_last or hardware.uses_channels_last(precision, run.device),
-                                 cuda_graphs=args.cuda_graphs and run.device.type == "cuda")
+                                 cuda_graphs=args.cuda_graphs and cuda_graphs.applies_to(run.device))
         run.resolved = {"device": str(run.device), "device_name": hardware.describe_device(run.device),
                         "precision": precision, "precision_reason": why,
                         "channels_last": run.config.channels_last, "world_size": run.world_size,

@@ -588,7 +588,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = validation_points(config.validations_per_epoch, self.steps_per_epoch)
         self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
-                            if config.cuda_graphs and self.device.type == "cuda" else None)
+                            if config.cuda_graphs and cuda_graphs.applies_to(self.device) else None)
         self.signature = {"model": model_signature(self.model),
                           **{k: v for k, v in {**asdict(config), **(settings or {})}.items() if role(k) == EXPERIMENT}}
         self.state = RunState()
