@@ -463,6 +463,12 @@ class RunFiles(RunFolder):
             for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
                 (self.path / name).unlink(missing_ok=True)
 
+    def steps_eager(self, trainer, note: str) -> None:
+        """config.json says so: rewritten now where this run has written its folder, else at its first write."""
+        self.run.config, self.run.graph_note = trainer.config, note
+        if self.claimed and trainer.is_main:
+            self.run.write_config()
+
     def previous_kept(self) -> str:
         return f", and the previous run in {self.path} is as it was" if self.protect_previous else ""
 

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,6 +172,9 @@ class RunFolder:
 
     def outdate(self, trainer: "Trainer", best: bool = False) -> None:
         """Before the checkpoints change (with best: best.pt too)."""
+
+    def steps_eager(self, trainer: "Trainer", note: str) -> None:
+        """The run's steps are eager from here on (a CUDA-graph capture failed; `note` says so and why)."""
 
     def previous_kept(self) -> str:
         """How a message that nothing of this run was saved goes on."""
@@ -713,10 +716,21 @@ class Trainer:
         return self.state.early_stopped
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
+        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one; eager from a
+        capture that fails on)."""
         if self.step_runner is not None:
-            return self.step_runner(images, labels)
+            try:
+                return self.step_runner(images, labels)
+            except cuda_graphs.CaptureFailed as failure:  # undone: this step is still to be taken
+                self._without_graphs(str(failure))
         return self._step(images, labels)
+
+    def _without_graphs(self, reason: str) -> None:
+        """A CUDA-graph capture failed: the run goes on with eager steps, and says so."""
+        self.step_runner = None
+        self.config = replace(self.config, cuda_graphs=False)
+        self.log(f"CUDA graph capture failed: {reason}; continuing without CUDA graphs")
+        self.folder.steps_eager(self, f"eager steps after step {self.step}: the CUDA graph capture failed ({reason})")
 
     def _step(self, images, labels, cache_enabled: bool = True):
         return training_step(self.network, self.loss_fn, self.optimizer, self.scaler, self.prepare(images), labels,
