@@ -6,9 +6,9 @@ longer than the GPU takes to run it: the GPU waits. Captured once as a CUDA grap
 buffers, the learning rate lives in a GPU tensor that the schedule overwrites between replays
 (trainer.build_optimizer), and the loss stays on the device.
 
-A capture is the one step of a run that no eager run has tried: one that raises (or whose first replay does)
-puts back everything the attempt touched and says why (CaptureFailed); the Trainer then takes that step, and
-every later one, eagerly, with the numbers an eager run would give from there.
+A capture can fail where the same step ran eagerly (an operation that a graph cannot hold, a host sync): one
+that raises, or whose first replay does, puts back everything the attempt touched and says why (CaptureFailed);
+the Trainer then takes that step, and every later one, eagerly, with the numbers an eager run gives from there.
 """
 from __future__ import annotations
 
