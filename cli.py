@@ -115,10 +115,11 @@ def _field_kind(annotation: str) -> str:
 AUGMENT_HELP = "random horizontal flip and random crop after 4-pixel padding, per image"
 
 
-def training_parser(description: str, name: str, augment_help: str = AUGMENT_HELP,
+def training_parser(description: str, name: str, augment_help: str = AUGMENT_HELP, cuda_graphs_off: str | None = None,
                     **defaults) -> argparse.ArgumentParser:
     """The flags every training script shares; `defaults` are where the task differs, `augment_help`
-    says what --augment does in a task with its own augmentation."""
+    says what --augment does in a task with its own augmentation, `cuda_graphs_off` why a task's steps are not
+    captured unless --cuda-graphs asks (None: they are)."""
     parser = Parser(
         description=description, formatter_class=HelpFormatter,
         usage="%(prog)s [flags]  (the task's own flags first, then the shared ones)",
@@ -157,9 +158,12 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
     device.add_argument("--precision", choices=hardware.PRECISIONS, default="auto",
                         help="auto: bf16 (or fp16) autocast where the hardware runs it fast, else fp32")
     _flag(device, "--compile", role=HOW, action="store_true", help="compile the model with torch.compile")
-    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,  # role: TrainConfig's
-                        help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: "
-                             "plain eager steps, for debugging)")
+    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,  # role: TrainConfig's
+                        default=cuda_graphs_off is None,
+                        help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: plain eager "
+                             "steps); " + (f"off unless asked: {cuda_graphs_off}" if cuda_graphs_off else
+                                           "on: this script's captured step has trained on a GPU (a capture that "
+                                           "fails goes on with eager steps)"))
     _flag(device, "--deterministic", role=HOW, action="store_true",
           help="bit-identical repeats on a GPU too: deterministic kernels, no cuDNN autotuning "
                "(slower; CPU runs are repeatable without it)")

@@ -463,6 +463,12 @@ class RunFiles(RunFolder):
             for name in (FILES.METRICS, FILES.EVALUATION) if best else (FILES.METRICS,):
                 (self.path / name).unlink(missing_ok=True)
 
+    def steps_eager(self, trainer, note: str) -> None:
+        """config.json says so: rewritten now where this run has written its folder, else at its first write."""
+        self.run.config, self.run.graph_note = trainer.config, note
+        if self.claimed and trainer.is_main:
+            self.run.write_config()
+
     def previous_kept(self) -> str:
         return f", and the previous run in {self.path} is as it was" if self.protect_previous else ""
 
@@ -548,7 +554,7 @@ class Run:
         fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
         run.config = TrainConfig(**{name: getattr(args, name) for name in fields}, precision=precision,
                                  channels_last=channels_last or hardware.uses_channels_last(precision, run.device),
-                                 cuda_graphs=args.cuda_graphs and run.device.type == "cuda")
+                                 cuda_graphs=args.cuda_graphs and cuda_graphs.applies_to(run.device))
         run.resolved = {"device": str(run.device), "device_name": hardware.describe_device(run.device),
                         "precision": precision, "precision_reason": why,
                         "channels_last": run.config.channels_last, "world_size": run.world_size,

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -172,6 +172,9 @@ class RunFolder:
 
     def outdate(self, trainer: "Trainer", best: bool = False) -> None:
         """Before the checkpoints change (with best: best.pt too)."""
+
+    def steps_eager(self, trainer: "Trainer", note: str) -> None:
+        """The run's steps are eager from here on (a CUDA-graph capture failed; `note` says so and why)."""
 
     def previous_kept(self) -> str:
         """How a message that nothing of this run was saved goes on."""
@@ -588,7 +591,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.validate_at = validation_points(config.validations_per_epoch, self.steps_per_epoch)
         self.step_runner = (cuda_graphs.GraphedStep(self._step, self.model, self.optimizer)
-                            if config.cuda_graphs and self.device.type == "cuda" else None)
+                            if config.cuda_graphs and cuda_graphs.applies_to(self.device) else None)
         self.signature = {"model": model_signature(self.model),
                           **{k: v for k, v in {**asdict(config), **(settings or {})}.items() if role(k) == EXPERIMENT}}
         self.state = RunState()
@@ -713,10 +716,21 @@ class Trainer:
         return self.state.early_stopped
 
     def train_step(self, images, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one)."""
+        """One optimisation step on a batch (replayed as a CUDA graph where the run captures one; eager from a
+        capture that fails on)."""
         if self.step_runner is not None:
-            return self.step_runner(images, labels)
+            try:
+                return self.step_runner(images, labels)
+            except cuda_graphs.CaptureFailed as failure:  # undone: this step is still to be taken
+                self._without_graphs(str(failure))
         return self._step(images, labels)
+
+    def _without_graphs(self, reason: str) -> None:
+        """A CUDA-graph capture failed: the run goes on with eager steps, and says so."""
+        self.step_runner = None
+        self.config = replace(self.config, cuda_graphs=False)
+        self.log(f"CUDA graph capture failed: {reason}; continuing without CUDA graphs")
+        self.folder.steps_eager(self, f"eager steps after step {self.step}: the CUDA graph capture failed ({reason})")
 
     def _step(self, images, labels, cache_enabled: bool = True):
         return training_step(self.network, self.loss_fn, self.optimizer, self.scaler, self.prepare(images), labels,

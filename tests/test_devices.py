@@ -1,7 +1,10 @@
 """Devices: what --device auto picks (CUDA, Apple MPS, CPU; MPS mocked here), refusals before any work,
 no float64 on the device, and on a real GPU (skipped without one): GPU-resident data, the precision
-auto picks, CUDA graphs against eager steps, the resume of the CUDA random state."""
+auto picks, CUDA graphs against eager steps, the resume of the CUDA random state; on the CPU, with stand-ins for
+the CUDA calls: a capture that fails goes on with eager steps."""
+import contextlib
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,3 +174,78 @@ def test_a_setup_that_cannot_be_captured_says_why():
     assert cuda_graphs.can_capture(fused, "bf16", distributed=False) is None
     assert "scaler" in cuda_graphs.can_capture(fused, "fp16", distributed=False)
     assert "DDP" in cuda_graphs.can_capture(fused, "bf16", distributed=True)
+
+
+# ---------------------------------------------------------------- a CUDA-graph capture that fails, on the CPU
+
+def cpu_graphs(fail_in: str, captures: list):
+    """cuda_graphs.CUDA's stand-ins on the CPU: streams that order nothing (a CPU runs in order) and a graph
+    whose capture ("capture") or first replay ("replay") fails, as a real one may. Unlike a GPU's, this capture
+    runs the step it records, so weights, optimizer state, BatchNorm statistics and gradients do move: the
+    fallback must put those back too."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    class Graph:
+        def replay(self):
+            raise RuntimeError("CUDA error: invalid argument (stand-in)")  # one the context survives
+
+    @contextlib.contextmanager
+    def graph(_):
+        captures.append(1)
+        yield
+        if fail_in == "capture":  # as torch.cuda.graph: the step's error, then capture_end's on leaving
+            try:
+                raise RuntimeError("operation not permitted when stream is capturing (stand-in)\nsecond line")
+            except RuntimeError:
+                raise RuntimeError("operation failed due to a previous error during capture")
+
+    stream = Stream()
+    return SimpleNamespace(device_type="cpu", Stream=Stream, current_stream=lambda: stream, set_stream=lambda s: None,
+                           stream=lambda s: contextlib.nullcontext(), record_stream=lambda tensor, s: None,
+                           synchronize=lambda: None, get_rng_state=torch.get_rng_state,
+                           set_rng_state=torch.set_rng_state, Graph=Graph, graph=graph)
+
+
+GRAPH_FAILURE_RUNS = {
+    "task2": (task2.main, ["--epochs", "3", "--batch-size", "16", "--subset", "160", "--momentum", "0.9"]),
+    "task3d": (task3d.main, ["--cuda-graphs", "--epochs", "2", "--batch-size", "32", "--widths", "8", "16", "16"]),
+}
+
+
+# Capture after 3 warm-up steps (before the first validation writes config.json), or after 7 (Task 2 validates
+# after steps 5 and 9: config.json is written already and must be written again).
+@pytest.mark.parametrize("script, fail_in, warmup", [("task2", "capture", 3), ("task2", "replay", 7),
+                                                     ("task3d", "capture", 3)])
+def test_a_failed_capture_continues_with_the_numbers_of_eager_steps(script, fail_in, warmup, folder_data, tmp_path,
+                                                                     monkeypatch, capsys):
+    main, argv = GRAPH_FAILURE_RUNS[script]
+    results = {}
+    for name in ("eager", "failed"):
+        captures = []
+        monkeypatch.setattr(cuda_graphs, "CUDA", cpu_graphs(fail_in, captures))
+        # The eager run: the same steps and optimizer, with warm-up (eager) steps only.
+        monkeypatch.setattr(cuda_graphs, "WARMUP_STEPS", 10 ** 6 if name == "eager" else warmup)
+        run_dir = tmp_path / name
+        code, err = outcome(main, ["--data-dir", folder_data, "--run-dir", run_dir, "--plot-dir", tmp_path,
+                                   "--device", "cpu", "--precision", "fp32", "--seed", "4", *argv], capsys)
+        assert code == 0, err
+        config = json.loads((run_dir / "config.json").read_text())["resolved"]
+        results[name] = (err, captures, config, *(json.loads((run_dir / f).read_text())
+                                                  for f in ("history.json", "metrics.json")),
+                         torch.load(run_dir / "last.pt", weights_only=False)["model"])
+    err, captures, config, history, metrics, weights = results["failed"]
+    assert err.count("CUDA graph capture failed") == 1 and len(captures) == 1   # never tried again
+    line = next(line for line in err.splitlines() if "CUDA graph capture failed" in line)
+    assert line.endswith("; continuing without CUDA graphs") and "stand-in" in line and "second line" not in line
+    assert ("previous error" in line and "not permitted" in line) == (fail_in == "capture")
+    assert config["cuda_graphs"] is False and "stand-in" in config["cuda_graphs_note"]
+    assert f"after step {warmup}:" in config["cuda_graphs_note"]
+    _, never, eager_config, eager_history, eager_metrics, eager_weights = results["eager"]
+    assert not never and eager_config["cuda_graphs"] is True
+    assert history == eager_history
+    for split in ("train", "validation", "test"):
+        assert metrics[split] == eager_metrics[split]
+    assert weights.keys() == eager_weights.keys()
+    assert all(torch.equal(weights[key], eager_weights[key]) for key in weights)

@@ -114,3 +114,12 @@ def test_each_setting_has_one_role_that_decides_what_a_run_is_compared_on(monkey
                                 settings=settings).signature
     assert {"lr", "batch_size", "precision", "seed", "model"} <= set(signature)
     assert not {"epochs", "max_steps", "early_stop_count", "cuda_graphs", "channels_last", "log_every"} & set(signature)
+
+
+@pytest.mark.parametrize("module, default", [(task2, True), (task3_model1, True), (task3d, False)])
+def test_each_script_says_whether_it_captures_cuda_graphs_by_default_and_why(module, default, monkeypatch):
+    parser = parser_of(module, monkeypatch)
+    assert parser.get_default("cuda_graphs") is default
+    entry = flag_entries(parser.format_help())["--cuda-graphs"]
+    assert entry.endswith(f"(default: {'on' if default else 'off'})")
+    assert ("has trained on a GPU" in entry) is default and ("Muon" in entry) is not default
