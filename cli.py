@@ -113,18 +113,22 @@ def _field_kind(annotation: str) -> str:
 # ---------------------------------------------------------------- the shared flags
 
 AUGMENT_HELP = "random horizontal flip and random crop after 4-pixel padding, per image"
+# A smoke run's flags and what it costs (measured: docs/runs.md), for --help's first example; a task whose
+# run costs more per image passes its own.
+SMOKE = ("--max-steps 50 --subset 2000", "under a minute on a 2-core CPU")
 
 
 def training_parser(description: str, name: str, augment_help: str = AUGMENT_HELP, cuda_graphs_off: str | None = None,
-                    **defaults) -> argparse.ArgumentParser:
+                    smoke: tuple[str, str] = SMOKE, **defaults) -> argparse.ArgumentParser:
     """The flags every training script shares; `defaults` are where the task differs, `augment_help`
     says what --augment does in a task with its own augmentation, `cuda_graphs_off` why a task's steps are not
-    captured unless --cuda-graphs asks (None: they are)."""
+    captured unless --cuda-graphs asks (None: they are), `smoke` the flags of a smoke run and its time."""
     parser = Parser(
         description=description, formatter_class=HelpFormatter,
         usage="%(prog)s [flags]  (the task's own flags first, then the shared ones)",
-        epilog=f"examples:\n  python {name}.py --max-steps 50 --subset 2000 --run-dir runs/{name}-smoke   "
-               f"# a smoke run in seconds\n  python {name}.py --seeds 0 1 2        # three runs, then mean ± std\n"
+        epilog=f"examples:\n  python {name}.py {smoke[0]} --run-dir runs/{name}-smoke\n"
+               f"      # a smoke run: {smoke[1]}\n"
+               f"  python {name}.py --seeds 0 1 2        # three runs, then mean ± std\n"
                f"  python {name}.py --resume             # continue an interrupted run")
     parser.set_defaults(name=name)
     groups = {title: parser.add_argument_group(title) for title in ("hyperparameters", "data", "device",

@@ -144,11 +144,10 @@ def curves(doc: Document, report: Report, name: str, number: int, caption: str) 
 def split_table(doc: Document, report: Report, name: str) -> None:
     """Loss and accuracy of each split, ours beside the reference's."""
     metrics = report.loaded[name]["metrics"]
-    ours = report.label(name, "ours")
     rows = [[split, fmt(metrics[split]["loss"]), fmt(metrics[split]["accuracy"]),
              reference.result_text(name, split, "loss"), reference.result_text(name, split)] for split in SPLITS]
-    doc.table(["split", f"loss ({ours})", f"accuracy ({ours})", "loss (reference)", "accuracy (reference)"], rows,
-              align="lrrrr")
+    doc.table(["split", report.label(name, "loss (ours)"), report.label(name, "accuracy (ours)"), "loss (reference)",
+               "accuracy (reference)"], rows, align="lrrrr")
     facts = run_facts(metrics)
     config = report.loaded[name]["config"]
     doc.paragraph(f"{facts[:1].upper()}{facts[1:]}. Data: {data_text(config)}; {machine(config)}.")
@@ -198,8 +197,8 @@ def hyperparameters(doc: Document, report: Report, names: list[str], caption: st
         return
     given = {name: reference.HYPERPARAMETERS[name].value for name in names if name in reference.HYPERPARAMETERS}
     keys = list(dict.fromkeys(k for rows in columns.values() for k in rows))
-    header = ["setting", *(report.label(n, f"{BY_NAME[n].label} (ours)") if len(names) > 1 else
-                           report.label(n, "ours") for n in columns)]
+    header = ["setting", *(report.label(n, f"{BY_NAME[n].label} (ours)" if len(names) > 1 else "ours")
+                           for n in columns)]
     references = {}
     if given:  # one reference column where the reference gives the same settings for every run shown
         values = list({repr(v): v for v in given.values()}.values())

@@ -139,8 +139,10 @@ def model_from_args(args) -> nn.Module:
 
 
 def describe_weights(args) -> str:
+    """In a figure's title: which weights (a checkpoint by its run folder and name, no path of this machine)."""
     if args.checkpoint:
-        return f"checkpoint {args.checkpoint}"
+        path = Path(args.checkpoint)
+        return f"checkpoint {path.parent.name}/{path.name}" if path.parent.name else f"checkpoint {path.name}"
     return {"imagenet": "ImageNet weights", "none": "random weights"}.get(args.weights, f"weights {args.weights}")
 
 

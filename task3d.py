@@ -60,6 +60,7 @@ LOOKAHEAD_EVERY, LOOKAHEAD_DECAY = 5, 0.95
 # Until a GPU run has shown that this step captured as a CUDA graph (Muon's tensor learning rates, fused SGD,
 # in-place gradient copies) trains as it does eagerly, it is captured only when --cuda-graphs asks.
 CUDA_GRAPHS_OFF = "Muon's captured step has not yet been checked against its eager step on a GPU"
+SMOKE = ("--max-steps 20 --subset 1000", "about a minute on a 2-core CPU")  # a step costs more than Task 2's
 # Muon's rate is the angle a filter bank turns by per step (its norm is held fixed), on the same schedule.
 MUON_LR, MUON_MOMENTUM = 0.03, 0.85
 # The BatchNorm shift is stored divided by this gain, so plain SGD moves it gain**2 = 64 times
@@ -323,7 +324,7 @@ class Lookahead(Callback):
 
 def main(argv=None):
     parser = cli.training_parser(__doc__, "task3d", augment_help=AUGMENT_HELP, cuda_graphs_off=CUDA_GRAPHS_OFF,
-                                 **RECIPE)
+                                 smoke=SMOKE, **RECIPE)
     recipe = parser.add_argument_group("task 3d recipe")
     recipe.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                         help="Nesterov momentum")

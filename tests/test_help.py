@@ -123,3 +123,21 @@ def test_each_script_says_whether_it_captures_cuda_graphs_by_default_and_why(mod
     entry = flag_entries(parser.format_help())["--cuda-graphs"]
     assert entry.endswith(f"(default: {'on' if default else 'off'})")
     assert ("has trained on a GPU" in entry) is default and ("Muon" in entry) is not default
+
+
+@pytest.mark.slow
+def test_task4a_help_example_runs_offline(folder_data, tmp_path, monkeypatch, capsys):
+    """The smoke run --help shows trains with what a fresh machine has: no ImageNet weights, no network."""
+    import task4a
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights-here"))
+    text = parser_of(task4a, monkeypatch).format_help()
+    example = re.search(r"python task4a\.py (--weights none[^\n]*)\n\s+# a smoke run: ([^\n]+)", text)
+    assert example and "no download" in example.group(2) and re.search(r"\d+ s", example.group(2))
+    monkeypatch.undo()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights-here"))
+    argv = example.group(1).split()
+    argv[argv.index("--run-dir") + 1] = str(tmp_path / "smoke")
+    code, err = outcome(task4a.main, [*argv, "--data-dir", folder_data, "--device", "cpu", "--plot-dir", tmp_path],
+                        capsys)
+    assert code == 0, err
+    assert (tmp_path / "smoke" / "metrics.json").is_file()

@@ -234,9 +234,12 @@ def test_report_is_portable_self_contained_and_follows_the_assignment(runs, tmp_
     markdown, page = (plots / "report.md").read_text(), (plots / "report.html").read_text()
     for text in (markdown, page):
         assert str(tmp_path) not in text and str(report.runs.ROOT) not in text and "/tmp/" not in text
-    for section in ("Task 1a", "Task 1g", "Task 2a", "Task 3a", "Task 3b", "Task 3c", "Task 3d", "Task 4a",
-                    "Task 4b", "Task 4c", "published student report"):
-        assert section in markdown, section
+    for path in plots.iterdir():     # no file there (tables, figures' metadata) names a folder of this machine
+        assert str(tmp_path).encode() not in path.read_bytes() and b"/data/" not in path.read_bytes(), path.name
+    headings = [line.removeprefix("### ").split(":")[0] for line in markdown.splitlines() if line.startswith("### ")]
+    assert headings[:16] == [f"Task {q}" for q in ("1a", "1b", "1c", "1d", "1e", "1f", "1g", "2a", "2b", "3a", "3b",
+                                                     "3c", "3d", "4a", "4b", "4c")]    # the assignment's order
+    assert "published student report" in markdown
     # The missing Task 3d run: the command that makes it and how long it takes on a CPU and a GPU.
     assert "python task3d.py" in markdown and "on a 2-core CPU" in markdown and "H100" in markdown
     links = figure_links(markdown)
@@ -613,3 +616,105 @@ def test_a_run_records_its_own_scripts_defaults_whatever_was_parsed_since(tmp_pa
         run.release()
     assert record["defaults"]["epochs"] == 10 and record["defaults"]["lr"] == 0.05
     assert "script_defaults" not in record["settings"] and record["settings"]["epochs"] == 10
+
+
+# ---------------------------------------------------------------- the student's own words
+
+STUDENT = """# Assignment 3: CIFAR-10
+
+Ada Student and Bo Partner
+
+## Task 1b: pooling
+
+Max pooling keeps the *largest* value of each window:
+
+- a shift inside a window changes **nothing**;
+- a shift across windows changes one output, as $y_{ij} = \\max_{(m,n) \\in W_{ij}} x_{mn}$ says.
+
+| shift | outputs changed |
+|---|---|
+| 1 pixel | 0 of 16 |
+
+```
+## Task 2a  <- inside a code block: not a heading
+```
+
+## Task 3d
+
+Our recipe, in our words.
+
+## Conclusion
+
+We learnt that depth helps.
+"""
+
+
+def test_the_answers_file_is_written_once_and_survives_every_regeneration(runs, tmp_path):
+    answers, plots = tmp_path / "answers.md", tmp_path / "plots"
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--answers", str(answers)])
+    template = answers.read_text()
+    assert template.startswith("# ") and template.count("\n## Task ") == 16
+    assert "### Task 1b" in (plots / "report.md").read_text()        # an empty answer shows nothing
+    answers.write_text(STUDENT)
+    for _ in range(2):
+        report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--answers", str(answers)])
+    assert answers.read_text() == STUDENT                              # never changed
+    markdown, page = (plots / "report.md").read_text(), (plots / "report.html").read_text()
+    assert markdown.startswith("# Assignment 3: CIFAR-10\n\nAda Student and Bo Partner")
+    section = markdown[markdown.index("### Task 1b"):markdown.index("### Task 1c")]
+    assert "Max pooling keeps the *largest* value" in section and "| 1 pixel | 0 of 16 |" in section
+    assert "$y_{ij} = \\max_{(m,n) \\in W_{ij}} x_{mn}$" in section
+    assert "Our recipe, in our words." in markdown[markdown.index("### Task 3d"):markdown.index("### Task 4a")]
+    assert "#### Task 2a  <- inside" not in markdown and "## Task 2a  <- inside a code block" in markdown
+    notes = markdown[markdown.index("## Further notes"):]
+    assert "### Conclusion" in notes and "We learnt that depth helps." in notes
+    # Rendered by the Markdown library: emphasis, a list, a table, the math as text, the code block as code.
+    assert "<title>Assignment 3: CIFAR-10</title>" in page
+    html_section = page[page.index('id="task1b"'):page.index('id="task1c"')]
+    for fragment in ("<em>largest</em>", "<strong>nothing</strong>", "<li>a shift inside a window",
+                     "<td>1 pixel</td>", r'<span class="math inline">y_{ij} = \max_{(m,n) \in W_{ij}} x_{mn}</span>'):
+        assert fragment in html_section, fragment
+    assert "<pre><code>## Task 2a  &lt;- inside a code block" in page
+
+
+def test_answers_that_cannot_be_a_file_are_refused_before_any_work(runs, tmp_path, capsys):
+    from helpers import exit_code
+    code = exit_code(report.main, "--runs-dir", runs, "--plot-dir", tmp_path / "plots", "--answers", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is a folder, not a Markdown file" in err
+    assert not (tmp_path / "plots").exists()
+
+
+def test_report_prints_a_short_summary_not_the_markdown(runs, tmp_path, capsys):
+    config = json.loads((runs / "task2" / "config.json").read_text())
+    config["settings"].update(subset=300, max_steps=5)
+    write_json(config, runs / "task2" / "config.json")
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")])
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) < 20 and "| --- |" not in err
+    assert f"wrote {tmp_path / 'plots' / 'report.md'} and {tmp_path / 'plots' / 'report.html'}" in err
+    assert "not the real thing: Task 2 (smoke run: --subset 300, --max-steps 5)" in err
+    assert f"task3d is missing: make it with `python task3d.py --run-dir {runs / 'task3d'}`" in err
+    assert "task4a is unfinished: continue it with" in err
+
+
+def test_every_number_of_a_smoke_run_says_so_where_it_is_shown(runs, tmp_path):
+    for name in ("task2", "task3_model1", "task3_model2", "task3c_before"):
+        config = json.loads((runs / name / "config.json").read_text())
+        config["settings"].update(subset=300, max_steps=5)
+        write_json(config, runs / name / "config.json")
+    plots = tmp_path / "plots"
+    report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
+    text = (plots / "report.md").read_text()
+    assert text.index("**Not the final report.**") < text.index("## Task 1")     # a banner at the top
+    assert "| Task 2 | smoke run |" in text and "| Task 3c before deepening | smoke run |" in text
+    section = text[text.index("### Task 2b"):text.index("### Task 3a")]
+    assert "| split | loss (ours) (smoke run) | accuracy (ours) (smoke run) |" in section
+    section = text[text.index("### Task 3b"):text.index("### Task 3c")]
+    assert "Model 1 (ours) (smoke run)" in section and "(**not the real result**: Model 1: smoke run" in section
+    assert "Figure 3: Model 1 and Model 2, loss and accuracy (Model 1: smoke run" in section
+    section = text[text.index("### Task 3c"):text.index("### Task 3d")]
+    assert "before deepening: one conv per stage (smoke run)" in section
+    assert "**not the real result**: before deepening: smoke run" in section and "| Model 1 (smoke run) |" in section
+    table = (plots / "task3_table.md").read_text()
+    assert "**Not the real result**: Model 1: smoke run: --subset 300, --max-steps 5" in table
