@@ -215,6 +215,9 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
         parser.error("--evaluate-only changes no run; drop --resume / --overwrite")
     if args.seeds and len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed")
+    if args.seeds and "seed" in args.flags_given:
+        parser.error(f"--seed {args.seed} and --seeds {' '.join(map(str, args.seeds))} both set the seed (--seeds "
+                     "gives each of its runs its own); drop --seed")
     try:  # empty in CIFAR-10's 50,000 images, empty in any copy (a smaller one is checked once it is found)
         dataloaders.split_sizes(dataloaders.TRAIN_IMAGES, args.validation_fraction)
     except UserError as error:
@@ -321,37 +324,65 @@ def _check_recorded(key: str, value, current, path: Path) -> None:
 
 def for_each_seed(args, train):
     """`train(args)` once, or once per --seeds value into <run-dir>-seed<K>; then mean ± std.
-    Every run folder is checked before the first run starts."""
+    Every run folder is checked before the first run starts. A --seeds set continued with --resume resumes
+    the seeds' runs (a finished one is evaluated again, not trained) and starts the seeds it never reached,
+    with the settings its runs were made with. A finished run whose figure could not be written does not
+    stop the set: the command ends with that error once the set is done."""
     planned = []
     for value in args.seeds or [None]:
         one = copy.copy(args)
         if value is not None:
             one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
         planned.append(one)
+    held = {id(one): runs.status(runs.run_dir_of(one)) for one in planned}
+    if args.seeds and args.resume and any(state in ("finished", "unfinished") for state in held.values()):
+        for one in planned:
+            one.resume = held[id(one)] != "empty"  # a seed the interrupted set never reached starts
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 looks (the others would see its lock)
         for one in planned:  # also puts back a run an interrupted --overwrite had set aside: read it after
-            runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only)
+            runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only, in_set=bool(args.seeds))
     if args.resume or args.evaluate_only:
-        planned = [recorded_settings(one) for one in planned]
+        recorded = {id(one): recorded_settings(one) for one in planned if one.resume or one.evaluate_only}
+        like = next(iter(recorded.values()))  # the set's settings, for the seeds it never reached
+        planned = [recorded.get(id(one)) or _with_seed(like, one) for one in planned]
     if not args.seeds:
         return train(planned[0])
-    results = {}
+    results, unwritten = {}, []
     for one in planned:
-        results[one.seed] = train(one)
+        try:
+            results[one.seed] = train(one)
+        except runs.FigureNotWritten as error:  # the run is finished: the set goes on
+            results[one.seed], unwritten = error.metrics, unwritten + error.failures
     if hardware.is_main_process():
         print(seed_summary(results))
+    if unwritten:
+        raise runs.FigureNotWritten(unwritten)
     return results
 
 
+def _with_seed(settings, one):
+    """A new run of a --seeds set: the settings of the set (`settings`, of one of its runs), with its own
+    seed and folder."""
+    new = copy.copy(settings)
+    new.seed, new.run_dir, new.resume = one.seed, one.run_dir, False
+    return new
+
+
 def seed_summary(results: dict) -> str:
-    """Mean ± sample standard deviation over seeds of the final loss and accuracy of every split."""
+    """Mean ± sample standard deviation over seeds of the final loss and accuracy of every split (one seed:
+    its values, and that a spread needs two)."""
     seeds = list(results)
-    lines = [f"\nover {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± sample std, then each seed"]
+    if len(seeds) == 1:
+        lines = [f"\nover 1 seed ({seeds[0]}): a spread needs two or more seeds (--seeds 0 1 2)"]
+    else:
+        lines = [f"\nover {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± sample std, then each seed"]
     for split in ("train", "validation", "test"):
         for measure in ("loss", "accuracy"):
             values = [results[s][split][measure] for s in seeds]
-            spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-            lines.append(f"  {split} {measure:8s} {statistics.fmean(values):.4f} ± {spread:.4f}   "
+            if len(values) == 1:
+                lines.append(f"  {split} {measure:8s} {values[0]:.4f}")
+                continue
+            lines.append(f"  {split} {measure:8s} {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}   "
                          + "  ".join(f"{v:.4f}" for v in values))
     return "\n".join(lines)
 
@@ -379,12 +410,13 @@ def main(entry, argv=None) -> None:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         sys.exit(error.exit_code)
-    except torch.OutOfMemoryError:
-        if debug:
-            traceback.print_exc()
-        print("error: out of memory on the GPU; lower --batch-size (or --subset)", file=sys.stderr)
-        sys.exit(1)
     except Exception as error:
+        memory = hardware.out_of_memory(error)  # outside a run's training (runs.memory_watched): loading the data
+        if memory:
+            if debug:
+                traceback.print_exc()
+            print(f"error: out of memory: {memory} is full; lower --batch-size (or --subset)", file=sys.stderr)
+            sys.exit(1)
         traceback.print_exc()
         print(f"error: {type(error).__name__}: {error}\nThis is a bug in the project, not in how you ran it: "
               "please report it with the command line and the traceback above.", file=sys.stderr)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils import UsageError, UserError, path_kind, read_torch_file, save_checkpoint
+from utils import UsageError, UserError, cache_home, not_a, path_kind, read_torch_file, save_checkpoint
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / "data" / "cifar10"
@@ -82,8 +82,9 @@ def find_layout(root: Path):
 
 def load_raw(data_dir=None, download: bool = True) -> RawCIFAR10:
     root = resolve_data_dir(data_dir)
-    if os.path.exists(root) and not os.path.isdir(root):
-        raise UserError(f"the data folder {root} is {path_kind(root)}, not a folder; pass the folder that holds "
+    kind = path_kind(root) if os.path.lexists(root) else None
+    if kind not in (None, "a folder"):  # (a download would fail on it, saying less)
+        raise UserError(f"the data folder {root} is {not_a(kind, 'folder')}; pass the folder that holds "
                         "CIFAR-10 with --data-dir")
     layout = find_layout(root)
     if layout is None and download:
@@ -168,14 +169,37 @@ def image_suffixes() -> set[str]:
     return {suffix for suffix, name in Image.registered_extensions().items() if name in Image.OPEN}
 
 
+def _entries(folder: Path) -> dict[str, str]:
+    """Each visible entry of `folder` and what it is, following links: 'folder', 'file', 'other' (a FIFO, a
+    device...) or 'broken' (a symbolic link to nowhere or in a loop, which os.scandir cannot follow).
+    Hidden files (macOS's ._* AppleDouble files, .DS_Store) are ignored. os.scandir knows which entries are
+    files without a stat call each (60,000 of them)."""
+    entries = {}
+    with os.scandir(folder) as scan:
+        for entry in scan:
+            if entry.name.startswith("."):
+                continue
+            try:
+                entries[entry.name] = "folder" if entry.is_dir() else "file" if entry.is_file() else \
+                    "broken" if entry.is_symlink() else "other"
+            except OSError:  # ELOOP: a link loop
+                entries[entry.name] = "broken"
+    return entries
+
+
 def _class_listing(folder: Path, split: str):
-    """Per class, in label order: (class folder, image file names, other names). Hidden files (macOS's ._*
-    AppleDouble files, .DS_Store) are ignored; a missing or extra class folder, or one without images, refused."""
+    """Per class, in label order: (class folder, image file names, other names, links that lead nowhere).
+    A missing or extra class folder (or a class name that is a file or a broken link), or one without
+    images, is refused."""
     split_dir = Path(folder) / split
-    present = {p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    found = _entries(split_dir)
+    present = {name for name, kind in found.items() if kind == "folder"}
     missing, extra = sorted(set(CLASSES) - present), sorted(present - set(CLASSES))
     if missing or extra:
-        problem = "; ".join(filter(None, [missing and f"missing {', '.join(missing)}",
+        absent = [name for name in missing if name not in found]
+        problem = "; ".join(filter(None, [absent and f"missing {', '.join(absent)}",
+                                          *(f"{name} is {not_a(path_kind(split_dir / name), 'folder')}"
+                                            for name in missing if name in found),
                                           extra and f"unexpected {', '.join(extra)}"]))
         raise UserError(f"{split_dir} must hold exactly the ten CIFAR-10 class folders "
                         f"({', '.join(CLASSES)}): {problem}")
@@ -183,25 +207,25 @@ def _class_listing(folder: Path, split: str):
     listing = []
     for name in CLASSES:
         folder = split_dir / name
-        # os.scandir knows which entries are files without a stat call each (60,000 of them).
-        with os.scandir(folder) as scan:
-            entries = sorted((entry.name, entry.is_file()) for entry in scan if not entry.name.startswith("."))
-        images = [n for n, is_file in entries if is_file and os.path.splitext(n)[1].lower() in suffixes]
+        entries = sorted(_entries(folder).items())
+        images = [n for n, kind in entries if kind == "file" and os.path.splitext(n)[1].lower() in suffixes]
         if not images:
             raise UserError(f"{folder} holds no images")
         readable = set(images)
-        listing.append((folder, images, [n for n, _ in entries if n not in readable]))
+        listing.append((folder, images, [n for n, kind in entries if n not in readable and kind != "broken"],
+                        [n for n, kind in entries if kind == "broken"]))
     return listing
 
 
 def _list_image_files(folder: Path, split: str):
-    """(files, labels, skipped) of one split."""
-    files, labels, skipped = [], [], []
-    for label, (class_dir, images, others) in enumerate(_class_listing(folder, split)):
+    """(files, labels, skipped, broken links) of one split."""
+    files, labels, skipped, broken = [], [], [], []
+    for label, (class_dir, images, others, links) in enumerate(_class_listing(folder, split)):
         files += [class_dir / name for name in images]
         labels += [label] * len(images)
         skipped += [class_dir / name for name in others]
-    return files, labels, skipped
+        broken += [class_dir / name for name in links]
+    return files, labels, skipped, broken
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -245,7 +269,7 @@ def _fingerprint(files) -> str:
 def _cache_paths(folder: Path) -> list[Path]:
     """Where the cache may be: beside the images, then in the user's cache folder."""
     folder = Path(folder).resolve()
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cifar10-cnn"
+    base = cache_home() / "cifar10-cnn"
     return [folder / CACHE_NAME, base / f"{hashlib.sha1(os.fsencode(folder)).hexdigest()[:16]}.pt"]
 
 
@@ -289,20 +313,24 @@ def read_image_folders(folder: Path) -> RawCIFAR10:
     if skipped:
         print(f"skipped {len(skipped)} file(s) in {folder} that are not images Pillow reads "
               f"(e.g. {skipped[0]})", file=sys.stderr)
+    broken = listing["train"][3] + listing["test"][3]
+    if broken:
+        print(f"skipped {len(broken)} symbolic link(s) in {folder} that lead nowhere or in a loop "
+              f"(e.g. {broken[0]})", file=sys.stderr)
     fingerprint = _fingerprint(listing["train"][0] + listing["test"][0])
-    labels = {split: torch.tensor(split_labels, dtype=torch.int64) for split, (_, split_labels, _) in listing.items()}
+    labels = {split: torch.tensor(split_labels, dtype=torch.int64) for split, (_, split_labels, *_) in listing.items()}
     beside, elsewhere = _cache_paths(folder)
     # A valid cache beside read-only images is used as it is; a new one goes wherever it can be written.
     cache = _read_cache(beside, fingerprint, labels) or _read_cache(elsewhere, fingerprint, labels)
     cache_path = beside if os.access(beside.parent, os.W_OK) else elsewhere
     if cache is None:
         cache = {"fingerprint": fingerprint}
-        total = sum(len(files) for files, _, _ in listing.values())
+        total = sum(len(files) for files, *_ in listing.values())
         print(f"decoding {total} images in {folder} once; later runs read the cache {cache_path}",
               file=sys.stderr)
         # Pillow releases the GIL while decoding, so threads use every core.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for split, (files, _, _) in listing.items():
+            for split, (files, *_) in listing.items():
                 arrays = list(pool.map(_decode, files, chunksize=256))
                 cache[f"{split}_images"] = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
                 cache[f"{split}_labels"] = labels[split]
@@ -500,7 +528,7 @@ def training_image_count(data_dir=None) -> int | None:
     layout = find_layout(resolve_data_dir(data_dir))
     if layout is None or layout[0] != "folders":
         return None
-    return sum(len(images) for _, images, _ in _class_listing(layout[1], "train"))
+    return sum(len(images) for _, images, *_ in _class_listing(layout[1], "train"))
 
 
 def split_indices(count: int, validation_fraction: float, seed: int = 0):

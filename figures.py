@@ -2,12 +2,13 @@
 preamble (headless backend, atomic PNG writes) that the task scripts' own figures use too."""
 from __future__ import annotations
 
+import functools
 import textwrap
 from pathlib import Path
 
 import numpy as np
 
-from utils import atomic_write
+from utils import atomic_writes
 
 
 # A report's text is about 6.5 in wide: figures are drawn at that width, so that their fonts (8 pt at
@@ -33,17 +34,34 @@ def pyplot():
 
 
 def save(figure, path: Path) -> Path:
-    """Write `figure` as a PNG and, beside it, a PDF (vector, for a LaTeX report), each atomically (a
-    crash never leaves half an image); close it. Returns the PNG's path."""
+    """Write `figure` as a PNG and, beside it, a PDF (vector, for a LaTeX report), both atomically and
+    together (a crash never leaves half an image, a full disk never a PNG and a PDF of two drawings);
+    close it. Returns the PNG's path."""
     path = Path(path)
     # The title travels in the file (PNG text chunk, PDF info), so that report.py can tell what it shows.
     metadata = {"Title": figure.get_suptitle().replace("\n", " ")} if figure.get_suptitle() else {}
     try:
-        for target, kind in ((path, "png"), (path.with_suffix(".pdf"), "pdf")):
-            atomic_write(target, lambda handle: figure.savefig(handle, format=kind, metadata=metadata))
+        atomic_writes({target: functools.partial(_savefig, figure, kind, metadata)
+                       for target, kind in ((path, "png"), (path.with_suffix(".pdf"), "pdf"))})
     finally:
         pyplot().close(figure)
     return path
+
+
+def _savefig(figure, kind: str, metadata: dict, handle) -> None:
+    figure.savefig(handle, format=kind, metadata=metadata)
+
+
+def saved_title(path: Path) -> str | None:
+    """The title save() wrote into the PNG at `path` ('' for a figure drawn by an older version), or None when
+    there is no PNG there to read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(image.info.get("Title", ""))
+    except OSError:
+        return None
 
 
 def wrapped(title: str, width: int = 90) -> str:

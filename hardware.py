@@ -175,6 +175,26 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
+# What each allocator says when memory runs out, and which memory that is: only CUDA's caching allocator raises
+# torch.OutOfMemoryError; the CPU's and MPS's raise a RuntimeError, Python a MemoryError.
+OUT_OF_MEMORY = (("DefaultCPUAllocator: can't allocate memory", "the CPU's memory (RAM)"),
+                 ("DefaultCPUAllocator: not enough memory", "the CPU's memory (RAM)"),
+                 ("MPS backend out of memory", "the Apple GPU's memory (MPS)"),
+                 ("CUDA out of memory", "the GPU's memory"), ("CUDA error: out of memory", "the GPU's memory"))
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """Which memory `error` says has run out ("the CPU's memory (RAM)", "the GPU's memory", ...), or None when
+    it is not an out-of-memory error."""
+    if isinstance(error, MemoryError):
+        return OUT_OF_MEMORY[0][1]
+    if not isinstance(error, RuntimeError):  # (torch.OutOfMemoryError is one)
+        return None
+    text = str(error)
+    memory = next((memory for clue, memory in OUT_OF_MEMORY if clue in text), None)
+    return memory or ("the GPU's memory" if isinstance(error, torch.OutOfMemoryError) else None)
+
+
 # ---------------------------------------------------------------- what the machine is
 
 def cpu_name() -> str:

@@ -10,6 +10,7 @@ and `--checkpoint` (Tasks 4b/4c) reads a model trained by task4a.py instead.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import warnings
 from pathlib import Path
@@ -22,7 +23,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 import dataloaders
 from cli import HelpFormatter, Parser
 from runs import PLOT_DIR, ROOT
-from utils import UserError, read_torch_file, require_file
+from utils import UserError, cache_home, read_torch_file, require_file
 
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"
 IMAGENET_WEIGHTS = ResNet18_Weights.IMAGENET1K_V1
@@ -34,8 +35,13 @@ DOWNLOAD_TIMEOUT_S = 30
 # ---------------------------------------------------------------- weights
 
 def weights_cache_dir() -> Path:
-    """Where torchvision looks for (and downloads) pretrained weights; honours $TORCH_HOME."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """Where torchvision looks for (and downloads) pretrained weights, <torch hub dir>/checkpoints: torch's
+    rule ($TORCH_HOME/hub, else $XDG_CACHE_HOME/torch/hub, else ~/.cache/torch/hub), where an empty or
+    relative variable counts as unset, as the XDG spec says (torch would put the weights under the current
+    folder)."""
+    torch_home = os.environ.get("TORCH_HOME", "")
+    home = Path(torch_home).expanduser() if torch_home else cache_home() / "torch"
+    return home / "hub" / "checkpoints"
 
 
 def imagenet_state_dict() -> dict:
@@ -45,7 +51,7 @@ def imagenet_state_dict() -> dict:
     previous_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # an unreachable server should fail, not hang
     try:
-        return IMAGENET_WEIGHTS.get_state_dict(progress=True)
+        return IMAGENET_WEIGHTS.get_state_dict(progress=True, model_dir=str(cached.parent))
     except Exception as error:
         if was_cached:
             raise UserError(f"the cached ImageNet weights {cached} cannot be read ({type(error).__name__}); "

@@ -37,7 +37,8 @@ import hardware
 import watching
 from trainer import (EXPERIMENT, FILES, RunFolder, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
                      describe_data, evaluate_checkpoint, format_final_table, role)
-from utils import UsageError, UserError, check_writable, load_checkpoint, read_json, set_seed, write_json
+from utils import (UsageError, UserError, WriteError, check_writable, load_checkpoint, read_json, set_seed,
+                   write_json)
 
 ROOT = Path(__file__).resolve().parent
 RUNS_DIR = ROOT / "runs"
@@ -144,9 +145,9 @@ def status(run_dir: Path) -> str:
 
 
 def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False,
-            locked: bool = False) -> UserError | None:
+            locked: bool = False, in_set: bool = False) -> UserError | None:
     """Why this run may not start in `run_dir` (None: it may), from what the folder holds; creates nothing.
-    locked: this process holds the folder's lock."""
+    locked: this process holds the folder's lock; in_set: the run is one of a --seeds set."""
     run_dir = Path(run_dir)
     if not locked and is_being_trained(run_dir):
         return busy(run_dir)
@@ -162,8 +163,10 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
     elif overwrite:
         pass
     elif state == "finished":
+        also = (", or complete the --seeds set with the same command plus --resume (its finished runs are kept)"
+                if in_set else "")
         return UsageError(f"{run_dir} holds a finished run; start over with --overwrite (its results stay until "
-                          "the new run saves its first checkpoint) or choose another --run-dir")
+                          f"the new run saves its first checkpoint) or choose another --run-dir{also}")
     elif state == "unfinished":
         return UsageError(f"{run_dir} holds an unfinished run; continue it with --resume, or start over with "
                           "--overwrite")
@@ -176,9 +179,9 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
     return None
 
 
-def check(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False) -> None:
+def check(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False, in_set: bool = False) -> None:
     """Refuse a run that may not start in `run_dir`, before any work and creating nothing; a replacement
-    that a killed process left half done is settled first (settle)."""
+    that a killed process left half done is settled first (settle). in_set: one of a --seeds set."""
     run_dir = Path(run_dir)
     if (run_dir / PREVIOUS).is_dir() or (run_dir / MOVING).is_dir():
         handle = lock(run_dir)
@@ -187,7 +190,7 @@ def check(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = Fa
         finally:
             if handle:
                 handle.close()
-    problem = refusal(run_dir, resume, overwrite, evaluate_only)
+    problem = refusal(run_dir, resume, overwrite, evaluate_only, in_set=in_set)
     if problem:
         raise problem
 
@@ -452,8 +455,10 @@ class RunFiles(RunFolder):
 
     def abandon(self, trainer, error: BaseException) -> None:
         self.after_first_save(trainer)  # without a last.pt of this run, settle() brings a replaced run back
-        if self.protect_previous and type(error) in (UserError, UsageError):  # e.g. a full disk
-            raise type(error)(f"{error}; {self.path} is as it was before this run") from None
+        # (A divergence or an interruption says so itself: previous_kept.)
+        if self.protect_previous and type(error) in (UserError, UsageError, WriteError):  # e.g. a full disk
+            kind = UsageError if type(error) is UsageError else UserError
+            raise kind(f"{error}; {self.path} is as it was before this run") from None
 
     def outdate(self, trainer, best: bool = False) -> None:
         """metrics.json goes before a resumed run's checkpoints change (with best.pt, also evaluation.json,
@@ -496,7 +501,55 @@ def peers_watched(trainer: Trainer):
                         f"torchrun's summary) while this one was at step {trainer.step}; {kept}") from None
 
 
+# The settings that size a step's tensors (image_size: a task's own flag, Task 4a's), named when memory runs out.
+MEMORY_SETTINGS = ("batch_size", "image_size")
+
+
+@contextlib.contextmanager
+def memory_watched(args, trainer: Trainer):
+    """Memory running out (the CPU's RAM, a GPU's) while the run trains or evaluates is no bug of the project:
+    one line naming the memory, the settings that size it and what the run keeps."""
+    try:
+        yield
+    except (RuntimeError, MemoryError) as error:
+        memory = hardware.out_of_memory(error)
+        if memory is None:
+            raise
+        if args.evaluate_only:
+            raise UserError(f"out of memory: {memory} is full while evaluating {run_dir_of(args) / FILES.BEST}; "
+                            "the run is as it was; free some memory, or evaluate it on another --device") from None
+        sizes = [f"--{key.replace('_', '-')} {getattr(args, key)}" for key in MEMORY_SETTINGS
+                 if getattr(args, key, None) is not None]
+        lower = f"lower {' or '.join(size.split()[0] for size in sizes)} (or use fewer images: --subset N)"
+        if trainer.folder.claimed and trainer.saved_step is not None:
+            kept = (f"{trainer.run_dir / FILES.LAST} keeps step {trainer.saved_step}: continue it with the same command "
+                    f"plus --resume once more memory is free, or start over with --overwrite and {lower}")
+        else:
+            kept = f"nothing of this run was saved{trainer.folder.previous_kept()}; start it again and {lower}"
+        raise UserError(f"out of memory after {trainer.step} steps: {memory} cannot hold what {' and '.join(sizes)} "
+                        f"need{'s' if len(sizes) == 1 else ''}; {kept}") from None
+
+
 _held: list["Run"] = []  # runs started in this process whose folder is still locked
+
+# How to draw a finished run's figure again: --resume of a finished run evaluates it and draws its figure.
+REDRAW = "the same command plus --resume draws its figure without training again"
+
+
+class FigureNotWritten(UserError):
+    """Finished runs whose final figure could not be written (a full or read-only --plot-dir): all else is
+    saved and their tables printed. `failures`: (run folder, WriteError, what the figure file holds);
+    `metrics`: the run's final metrics (cli.for_each_seed goes on with the next seed)."""
+
+    def __init__(self, failures: list, metrics: dict | None = None):
+        self.failures, self.metrics = failures, metrics
+        error, several = failures[0][1], len(failures) > 1
+        super().__init__(
+            f"could not write the figure{'s' if several else ''} {', '.join(str(e.path) for _, e, _ in failures)}: "
+            f"{error.reason}; the run{'s are' if several else ' is'} finished, {'their' if several else 'its'} "
+            f"results saved in {', '.join(str(folder) for folder, _, _ in failures)} (the table"
+            f"{'s' if several else ''} above); {'; '.join(shown for _, _, shown in failures)}; "
+            f"{watching.figure_fix(error)}, then {REDRAW}")
 
 
 def release_all() -> None:
@@ -657,22 +710,24 @@ class Run:
     def fit(self, trainer: Trainer) -> dict:
         """What the command asks: train (trainer.fit()), or with --evaluate-only evaluate the run's best.pt
         on every split, training and changing nothing."""
-        if self.args.evaluate_only:
-            trainer.metrics = evaluate_checkpoint(trainer, self.dir / FILES.BEST)
-            return trainer.metrics
-        with peers_watched(trainer):
-            return trainer.fit()
+        with memory_watched(self.args, trainer):
+            if self.args.evaluate_only:
+                trainer.metrics = evaluate_checkpoint(trainer, self.dir / FILES.BEST)
+                return trainer.metrics
+            with peers_watched(trainer):
+                return trainer.fit()
 
     def finish(self, trainer: Trainer) -> dict:
         """Print the final table of run.fit(trainer); write the figure (or evaluation.json after
-        --evaluate-only); release the folder. Returns the final metrics."""
-        metrics = trainer.metrics
+        --evaluate-only); release the folder. Returns the final metrics; a figure that could not be written
+        is a FigureNotWritten, raised last (the run is finished)."""
+        metrics, unwritten = trainer.metrics, None
         try:
             if self.is_main:
-                self._report(metrics, trainer)
+                unwritten = self._report(metrics, trainer)
         except KeyboardInterrupt:
             raise TrainingInterrupted(f"interrupted after the run had finished: its results are in {self.dir}; "
-                                      "python report.py redraws its figure") from None
+                                      f"{REDRAW}") from None
         finally:
             trainer.close()
             if self.world_size > 1:
@@ -680,6 +735,8 @@ class Run:
                 # writes the outputs could abort ("terminate called without an active exception").
                 dist.barrier()
             self.release()
+        if unwritten:
+            raise FigureNotWritten([unwritten], metrics)
         return metrics
 
     def release(self) -> None:
@@ -711,19 +768,34 @@ class Run:
                   f"{format_final_table(metrics)}\nwritten: {path}")
             return
         notes = caveats(self.config_record())
-        figure = figures.training_curves(
-            {self.title: trainer.state.history}, self.figure_path, show_test=self.config.track_test,
-            title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
-            marks={self.title: figures.run_marks(metrics, trainer.state.history)})
         print(f"\n{marked(self.title, notes + (['not the real result'] if notes else []))} "
-              f"(best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}")
+              f"(best checkpoint, step {metrics['best_step']}):\n{format_final_table(metrics)}", flush=True)
+        try:
+            figure = figures.training_curves(
+                {self.title: trainer.state.history}, self.figure_path, show_test=self.config.track_test,
+                title=marked(f"{self.title}: test accuracy {metrics['test']['accuracy']:.3f}", notes),
+                marks={self.title: figures.run_marks(metrics, trainer.state.history)})
+        except WriteError as error:  # the run is finished all the same: said once the command ends (cli)
+            print(f"figure: not written (see the error at the end)\nrun directory: {self.dir}")
+            return self.dir, error, self._figure_on_disk()
         print(f"figure: {figure} (and .pdf)\nrun directory: {self.dir}")
+        return None
+
+    def _figure_on_disk(self) -> str:
+        """What the figure file holds after its final drawing could not be written."""
+        shown = figures.saved_title(self.figure_path)
+        if shown is None:
+            return f"no figure is at {self.figure_path}"
+        live = " (the live figure, drawn while it trained)" if watching.LIVE in shown else ""
+        return f"{self.figure_path} is still an earlier drawing{live}, titled '{shown}'"
 
 
 def figure_path(run_dir: Path, name: str, plot_dir: Path = PLOT_DIR) -> Path:
     """plots/<name>.png for the task's own run folder (runs/<name>), or wherever --plot-dir points;
     any other run (a smoke run, one of --seeds) draws <run-dir>/curves.png, never replacing the real figure."""
-    if Path(run_dir).resolve() == (RUNS_DIR / name).resolve() or Path(plot_dir).resolve() != PLOT_DIR.resolve():
+    # (realpath, unlike Path.resolve, takes a symbolic link loop: check_writable names it once it is met.)
+    if os.path.realpath(run_dir) == os.path.realpath(RUNS_DIR / name) or \
+            os.path.realpath(plot_dir) != os.path.realpath(PLOT_DIR):
         return Path(plot_dir) / f"{name}.png"
     return Path(run_dir) / CURVES[0]
 

@@ -256,6 +256,23 @@ def build_optimizer(config: TrainConfig, parameters, nesterov: bool = False) -> 
     raise UserError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def divergence_advice(config: TrainConfig) -> str:
+    """What most likely made a run diverge, from the settings that size its updates, and what to lower.
+
+    Weight decay alone scales every weight by (1 - lr * weight_decay) per step (in SGD, RMSprop and AdamW;
+    in Adam it swamps the gradient): past 2 the weights change sign and grow each step, without bound.
+    Momentum of 1 or more adds up updates that never fade. Otherwise the learning rate is the usual cause."""
+    lr, decay = config.lr, config.weight_decay
+    momentum = config.momentum if config.optimizer in ("sgd", "rmsprop") else 0.0  # (Adam's are its betas)
+    if lr * decay > 2:
+        first, second = ("--weight-decay", "--lr") if decay > 1 else ("--lr", "--weight-decay")
+        return (f"--lr {lr:g} times --weight-decay {decay:g} is {lr * decay:g}, over 2, so that weight decay alone "
+                f"makes the weights grow without bound; lower {first} (or {second})")
+    if momentum >= 1:
+        return f"--momentum {momentum:g} is 1 or more, so updates add up without fading; use less than 1 (0.9 is usual)"
+    return f"lower --lr (now {lr:g})" + (f" or --momentum (now {momentum:g})" if momentum > 0 else "")
+
+
 def set_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> float:
     """Each group's initial rate times `factor` (as torch's LambdaLR sets it); returns the first group's."""
     for group in optimizer.param_groups:
@@ -848,7 +865,7 @@ class Trainer:
         else:
             kept = "no validation had run yet, so there is no checkpoint"
         raise TrainingDiverged(f"training diverged at step {self.step} (loss {loss.item()}); {kept}; "
-                               f"lower --lr (now {self.config.lr})")
+                               f"{divergence_advice(self.config)}")
 
     def parameters_changed(self) -> None:
         """Call after changing which parameters train (e.g. freezing a layer): DDP registered the old set.

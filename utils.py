@@ -47,6 +47,15 @@ def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.detach().argmax(1) == labels).float().mean()
 
 
+# ---------------------------------------------------------------- where caches go
+
+def cache_home() -> Path:
+    """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache. The XDG spec counts an empty or relative
+    value as unset (else a cache of hundreds of MB would land in whatever folder the script runs from)."""
+    value = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(value) if os.path.isabs(value) else Path.home() / ".cache"
+
+
 # ---------------------------------------------------------------- atomic files
 
 @functools.lru_cache(maxsize=1)
@@ -129,35 +138,54 @@ def _write_failure(error: BaseException, folder: Path) -> tuple[str, str]:
     return reason, "choose another folder or fix its permissions"
 
 
-def _write_error(path: Path, reason: tuple[str, str], kept: str) -> UserError:
-    return UserError(f"could not write {path}: {reason[0]}; {kept}; {reason[1]}")
+class WriteError(UserError):
+    """A file that could not be written: `path`, why (`reason`), what is on disk instead (`kept`) and what
+    to do (`fix`), so that a caller for whom the file is not essential (a figure) can go on and say so."""
+
+    def __init__(self, path: Path, reason: tuple[str, str], kept: str):
+        self.path, (self.reason, self.fix), self.kept = Path(path), reason, kept
+        super().__init__(f"could not write {path}: {self.reason}; {kept}; {self.fix}")
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`.
+    """Write through a temporary file in the same folder, then rename over `path` (see atomic_writes)."""
+    atomic_writes({path: write})
 
-    A crash mid-write leaves the previous file untouched: rename is atomic on POSIX. A file that
-    cannot be written (full disk, no inodes left, read-only or missing folder) is one UserError naming it.
+
+def atomic_writes(writes: dict) -> None:
+    """Write each file (path: write(handle)) through a temporary file in its folder; once every one is
+    written, rename them over their paths: files that belong together (a figure's PNG and PDF) are
+    replaced together, or, when one cannot be written, none is.
+
+    A crash mid-write leaves the previous files untouched: rename is atomic on POSIX. A file that
+    cannot be written (full disk, no inodes left, read-only or missing folder) is one WriteError naming it.
     """
-    path, tmp = Path(path), None
+    temporaries, path = {}, None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, path)
+        for path, write in writes.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temporaries(path)
+            fd, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                                     suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(temporaries[path], 0o666 & ~_umask())  # mkstemp creates 0600; give it normal permissions
+        for path, tmp in temporaries.items():
+            os.replace(tmp, path)
     except BaseException as error:
         reason = _write_failure(error, path.parent) if _is_write_failure(error) else None
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temporaries.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         if reason is None:
             raise
-        kept = f"the previous {path.name} is intact" if os.path.exists(path) else "nothing was written"
-        raise _write_error(path, reason, kept) from None
+        previous = [Path(target).name for target in writes if os.path.exists(target)]
+        kept = (f"the previous {' and '.join(previous)} {'is' if len(previous) == 1 else 'are'} intact" if previous
+                else "nothing was written")
+        raise WriteError(path, reason, kept) from None
 
 
 def append_text(text: str, path: Path) -> None:
@@ -167,7 +195,7 @@ def append_text(text: str, path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as error:
-        raise _write_error(path, _write_failure(error, path.parent), "nothing was written") from None
+        raise WriteError(path, _write_failure(error, path.parent), "nothing was written") from None
     try:
         size = os.fstat(fd).st_size
         try:
@@ -177,7 +205,7 @@ def append_text(text: str, path: Path) -> None:
         except OSError as error:
             reason = _write_failure(error, path.parent)
             os.ftruncate(fd, size)
-            raise _write_error(path, reason, f"{path.name} is as it was") from None
+            raise WriteError(path, reason, f"{path.name} is as it was") from None
     finally:
         os.close(fd)
 
@@ -226,12 +254,25 @@ def read_json(path: Path):
 
 
 def check_writable(folder: Path) -> None:
-    """Fail before training, not after an hour, when outputs could not be saved."""
+    """Fail before training, not after an hour, when outputs could not be saved. What stands where a folder
+    must be (or made), `folder` itself or one above it, is named: a file, a link to nowhere, a link loop."""
     folder = Path(folder)
     try:
-        kind = path_kind(folder)
-        if kind not in (None, "a folder"):
-            raise UserError(f"cannot write to {folder}: it is {kind}, not a folder; choose another folder")
+        for place in [folder, *folder.parents]:  # the nearest thing that exists: a folder, or what blocks one
+            try:
+                kind = path_kind(place)
+            except OSError as error:
+                if error.errno == errno.ELOOP:  # a link loop further up
+                    continue
+                raise
+            if kind is None:
+                continue
+            if kind != "a folder":
+                it = "it" if place == folder else place
+                fix = (f"create {place.parent / os.readlink(place)} or choose another folder"
+                       if kind.startswith(BROKEN_LINK) else "choose another folder")
+                raise UserError(f"cannot write to {folder}: {it} is {not_a(kind, 'folder')}; {fix}")
+            break
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
@@ -240,16 +281,31 @@ def check_writable(folder: Path) -> None:
         raise UserError(f"cannot write to {folder} ({reason}); {fix}") from None
 
 
+BROKEN_LINK = "a symbolic link to"
+
+
 def path_kind(path: Path) -> str | None:
-    """What is at `path`, for messages: 'a file', 'a folder', 'a FIFO (named pipe)', ...; None if nothing.
-    Raises OSError when that cannot be told (e.g. a folder on the way that may not be read)."""
+    """What is at `path`, for messages: 'a file', 'a folder', 'a FIFO (named pipe)', a symbolic link that
+    leads nowhere or in a loop, ...; None if nothing. Raises OSError when that cannot be told (e.g. a folder
+    on the way that may not be read)."""
     try:
         mode = os.stat(path).st_mode
     except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return f"{BROKEN_LINK} {os.readlink(path)}, which does not exist"
         return None
+    except OSError as error:
+        if error.errno == errno.ELOOP and os.path.islink(path):
+            return "a symbolic link loop (links that lead back to each other)"
+        raise
     kinds = [(stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
     return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def not_a(kind: str, expected: str) -> str:
+    """'a FIFO (named pipe), not a file': what path_kind found where `expected` (a file, a folder) should be."""
+    return kind if kind.startswith(BROKEN_LINK) else f"{kind}, not a {expected}"
 
 
 def require_file(path: Path, what: str, expected: str) -> Path:
@@ -263,5 +319,5 @@ def require_file(path: Path, what: str, expected: str) -> Path:
     if kind is None:
         raise UserError(f"{what} {path} does not exist; {expected}")
     if kind != "a file":
-        raise UserError(f"{what} {path} is {kind}, not a file; {expected}")
+        raise UserError(f"{what} {path} is {not_a(kind, 'file')}; {expected}")
     return path

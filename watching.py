@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import figures
-from trainer import Callback
-from utils import append_text, write_text
+from trainer import FILES, Callback
+from utils import WriteError, append_text, write_text
 
 CSV_COLUMNS = ("step", "epoch", "learning_rate", "train_loss", "validation_loss", "validation_accuracy",
                "test_loss", "images_per_s", "elapsed_seconds")
@@ -76,24 +76,45 @@ class MetricsCSV(Callback):
         append_text(buffer.getvalue(), self.path)
 
 
+LIVE = "in progress: step"  # in the live figure's title, which the file keeps (figures.saved_title)
+
+
 class LiveFigure(Callback):
     """The run's figure (runs.figure_path) redrawn after validations, so that it can be opened while the run trains.
 
     Drawing takes about half a second, which would dominate a GPU run that validates several times a
     second, so after the first it is redrawn at most every `min_seconds`. The run redraws it at its end.
+    A figure that cannot be written (a full or read-only --plot-dir) is a warning, once until a drawing
+    succeeds again: the run it watches goes on.
     """
 
     def __init__(self, path: Path, title: str, show_test: bool = False, min_seconds: float = 10.0):
         self.path, self.title, self.show_test, self.min_seconds = Path(path), title, show_test, min_seconds
         self.drawn_at = None
+        self.failing = False
 
     def after_validation(self, trainer, point: dict) -> None:
         if not trainer.is_main or (self.drawn_at is not None and time.perf_counter() - self.drawn_at < self.min_seconds):
             return
-        figures.training_curves({self.title: trainer.state.history}, self.path, show_test=self.show_test,
-                                title=f"{self.title} (in progress: step {trainer.step} of {trainer.total_steps})",
-                                marks={self.title: {"best": trainer.state.best["step"]}})
+        try:
+            figures.training_curves({self.title: trainer.state.history}, self.path, show_test=self.show_test,
+                                    title=f"{self.title} ({LIVE} {trainer.step} of {trainer.total_steps})",
+                                    marks={self.title: {"best": trainer.state.best["step"]}})
+        except WriteError as error:
+            if not self.failing:
+                trainer.log(f"warning: could not write the live figure {error.path}: {error.reason}; "
+                            f"{error.kept}; training goes on ({trainer.run_dir / FILES.LAST} holds step "
+                            f"{trainer.step}) and draws it again at later validations and at the end; "
+                            f"{figure_fix(error)}")
+            self.failing = True
+        else:
+            self.failing = False
         self.drawn_at = time.perf_counter()
+
+
+def figure_fix(error: WriteError) -> str:
+    """What to do about a figure that could not be written: the write's own fix, and the flag that moves it."""
+    return f"{error.fix} (--plot-dir DIR)"
 
 
 class TensorBoard(Callback):

@@ -86,6 +86,13 @@ def task2_args(data, run_dir, plot_dir, *extra):
     return ["--data-dir", data, "--run-dir", run_dir, "--plot-dir", plot_dir, *TINY, *extra]
 
 
+def seeds_args(data, run_dir, plot_dir, *extra):
+    """task2_args without --seed, which --seeds refuses beside it."""
+    args = task2_args(data, run_dir, plot_dir, *extra)
+    at = args.index("--seed")
+    return args[:at] + args[at + 2:]
+
+
 def exit_code(entry, *argv) -> int:
     """`entry(argv)` in this process through cli.main, as the command line would end: its exit code (0 when
     it returns). SIGTERM's handler is put back afterwards (cli.main sets its own)."""

@@ -431,3 +431,49 @@ def test_a_data_dir_that_is_a_file_is_named(tmp_path):
     (tmp_path / "cifar.tar.gz").write_bytes(b"an archive, not yet unpacked")
     with pytest.raises(UserError, match="cifar.tar.gz is a file, not a folder; pass the folder"):
         dataloaders.load_raw(tmp_path / "cifar.tar.gz")
+
+
+def test_symbolic_links_that_lead_nowhere_or_in_a_loop_are_skipped_with_a_note(tmp_path, capsys):
+    write_image_folders(tmp_path, per_class_train=3, per_class_test=2)
+    cats = tmp_path / "train" / "cat"
+    os.symlink("loop2.png", cats / "loop1.png")         # two links that lead to each other (ELOOP)
+    os.symlink("loop1.png", cats / "loop2.png")
+    os.symlink("itself.png", cats / "itself.png")
+    os.symlink("nowhere.png", tmp_path / "test" / "dog" / "gone.png")
+    raw = dataloaders.load_raw(tmp_path, download=False)
+    assert len(raw.train_labels) == 30 and len(raw.test_labels) == 20
+    err = capsys.readouterr().err
+    assert "skipped 4 symbolic link(s)" in err and "lead nowhere or in a loop" in err
+    assert "not images Pillow reads" not in err                # they are not counted as such
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda folder: folder.write_text("not a folder"), "ship is a file, not a folder"),
+    (lambda folder: os.symlink("elsewhere", folder), "ship is a symbolic link to elsewhere, which does not exist"),
+    (lambda folder: os.symlink(folder.name, folder), "ship is a symbolic link loop"),
+])
+def test_a_class_name_that_is_not_a_folder_says_what_it_is(make, says, tmp_path):
+    write_image_folders(tmp_path, per_class_train=2, per_class_test=1)
+    shutil.rmtree(tmp_path / "train" / "ship")
+    make(tmp_path / "train" / "ship")
+    with pytest.raises(UserError, match=says) as refused:
+        dataloaders.load_raw(tmp_path, download=False)
+    assert "missing" not in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["", "relative/cache"])
+def test_an_empty_or_relative_xdg_cache_home_counts_as_unset(value, tmp_path, monkeypatch):
+    """The XDG spec: an empty or relative $XDG_CACHE_HOME is ignored (~/.cache), never the current folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", value)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    elsewhere = dataloaders._cache_paths(tmp_path / "data")[1]
+    assert elsewhere.parent == tmp_path / "home" / ".cache" / "cifar10-cnn"
+
+
+@pytest.mark.parametrize("target, says", [("nowhere", "is a symbolic link to {tmp}/nowhere, which does not exist"),
+                                          ("data", "is a symbolic link loop")])
+def test_a_data_dir_that_is_a_broken_link_is_named(target, says, tmp_path):
+    os.symlink(tmp_path / target, tmp_path / "data")
+    with pytest.raises(UserError, match=f"the data folder {tmp_path / 'data'} " + says.format(tmp=tmp_path)):
+        dataloaders.load_raw(tmp_path / "data", download=False)

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 import dataloaders
+import figures
 import watching
 import runs
 import task2
@@ -25,7 +26,7 @@ import task4b
 import task4c
 import utils
 from helpers import ROOT
-from helpers import one_line_error, outcome, task2_args, tiny_trainer
+from helpers import exit_code, one_line_error, outcome, seeds_args, task2_args, tiny_trainer
 from utils import UserError
 
 
@@ -172,13 +173,12 @@ def test_metrics_csv_that_cannot_be_appended_is_one_error_and_stays_whole(tmp_pa
     assert path.read_bytes() == before
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 1 MiB tmpfs with room for 8 files and folders, mounted for one test (needs root)."""
-    disk = tmp_path / "disk"
+def tmpfs(disk, options: str):
+    """A real tmpfs mounted at `disk` (made here) for one test, with mount's `options`; the test is skipped
+    where it cannot be mounted (needs root). Yields it, then unmounts it."""
     disk.mkdir()
     try:
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=8", "tmpfs", str(disk)],
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)],
                                  capture_output=True).returncode == 0
     except OSError:
         mounted = False
@@ -186,6 +186,12 @@ def small_disk(tmp_path):
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield disk
     subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1 MiB tmpfs with room for 8 files and folders, mounted for one test (needs root)."""
+    yield from tmpfs(tmp_path / "disk", "size=1m,nr_inodes=8")
 
 
 def test_a_real_full_disk_inodes_run_out_and_a_read_only_folder(small_disk):
@@ -337,3 +343,175 @@ def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved,
         assert f"{tmp_path / 'last.pt'} keeps step 7; continue with the same torchrun command plus --resume" in message
     else:
         assert "nothing of this run was saved, and the previous run" in message and "keeps step" not in message
+
+
+# ---------------------------------------------------------------- a figure that cannot be written
+
+def test_files_written_together_are_replaced_together_or_not_at_all(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"old png")
+    (tmp_path / "a.pdf").write_bytes(b"old pdf")
+
+    def full(handle):
+        handle.write(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(utils.WriteError, match="a.pdf: the disk is full; the previous a.png and a.pdf are intact"):
+        utils.atomic_writes({tmp_path / "a.png": lambda handle: handle.write(b"new png"), tmp_path / "a.pdf": full})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {"a.png": b"old png", "a.pdf": b"old pdf"}
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 64 KiB tmpfs, filled up, mounted for one test (needs root)."""
+    for disk in tmpfs(tmp_path / "full", "size=64k"):
+        try:
+            with open(disk / "filler", "wb") as handle:
+                handle.write(b"\0" * 256 * 1024)
+        except OSError:  # full: what it is for
+            pass
+        yield disk
+
+
+def test_a_full_plot_dir_warns_finishes_the_run_and_says_how_to_draw_the_figure(full_disk, folder_data, tmp_path,
+                                                                                 capsys):
+    run_dir = tmp_path / "run"
+    code = exit_code(task2.main, *task2_args(folder_data, run_dir, full_disk / "plots", "--max-steps", "12"))
+    out, stderr = capsys.readouterr()
+    assert code == 1 and one_line_error(stderr)
+    assert "(best checkpoint, step" in out and "test " in out and "figure: not written" in out  # the final table
+    # the live figure: a warning, and training went on to the end
+    assert stderr.count("warning: could not write the live figure") == 1
+    assert f"{run_dir / 'last.pt'} holds step 5" in stderr and "training goes on" in stderr
+    assert runs.status(run_dir) == "finished" and utils.load_checkpoint(run_dir / "last.pt")["step"] == 12
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: could not write the figure {full_disk / 'plots' / 'task2.png'}: the disk is full")
+    assert f"the run is finished, its results saved in {run_dir}" in error and "no figure is at" in error
+    assert "the same command plus --resume draws its figure" in error and "--plot-dir" in error
+    # ... and so it does, into another folder
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", "--max-steps", "12",
+                                                  "--resume"), capsys)
+    assert code == 0, stderr
+    assert "test accuracy" in figures.saved_title(tmp_path / "plots" / "task2.png")
+    assert (tmp_path / "plots" / "task2.pdf").is_file()
+
+
+def fail_figures(monkeypatch, which):
+    """Figures whose title `which` picks fail to be written, as on a full disk."""
+    real = figures._savefig
+
+    def savefig(figure, kind, metadata, handle):
+        if which(metadata.get("Title", "")):
+            handle.write(b"the first bytes")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(figure, kind, metadata, handle)
+    monkeypatch.setattr(figures, "_savefig", savefig)
+
+
+def test_a_final_figure_that_cannot_be_written_keeps_the_live_one_and_says_so(folder_data, tmp_path, capsys,
+                                                                              monkeypatch):
+    fail_figures(monkeypatch, lambda title: watching.LIVE not in title)
+    run_dir, plots = tmp_path / "run", tmp_path / "plots"
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plots, "--max-steps", "12"), capsys)
+    assert code == 1 and one_line_error(stderr) and "warning" not in stderr
+    title = figures.saved_title(plots / "task2.png")
+    assert "in progress: step 5 of 12" in title                             # the live figure, PNG and PDF alike
+    assert b"in progress: step 5 of 12" in (plots / "task2.pdf").read_bytes()
+    assert f"{plots / 'task2.png'} is still an earlier drawing (the live figure, drawn while it trained), titled " \
+           f"'{title}'" in stderr
+    assert runs.status(run_dir) == "finished" and not list(plots.glob(".*.tmp"))
+
+
+def test_a_live_figure_that_fails_once_is_one_warning_and_the_run_ends_well(folder_data, tmp_path, capsys,
+                                                                          monkeypatch):
+    failed = []
+    fail_figures(monkeypatch, lambda title: watching.LIVE in title and not failed and not failed.append(title))
+    run_dir, plots = tmp_path / "run", tmp_path / "plots"
+    code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plots, "--max-steps", "12",
+                                                  "--validations-per-epoch", "4"), capsys)
+    assert code == 0, stderr
+    assert stderr.count("warning: could not write the live figure") == 1 and "holds step" in stderr
+    assert "test accuracy" in figures.saved_title(plots / "task2.png")
+
+
+def test_a_seeds_set_goes_on_when_a_figure_cannot_be_written_and_ends_with_one_error(folder_data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    fail_figures(monkeypatch, lambda title: watching.LIVE not in title)
+    code = exit_code(task2.main, *seeds_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--max-steps", "6",
+                     "--seeds", "0", "1")
+    out, err = capsys.readouterr()
+    assert code == 1 and one_line_error(err) and "over 2 seeds (0, 1)" in out and out.count("figure: not written") == 2
+    assert all(runs.status(tmp_path / f"run-seed{seed}") == "finished" for seed in (0, 1))
+    assert "the runs are finished" in err and str(tmp_path / "run-seed1") in err
+
+
+# ---------------------------------------------------------------- memory
+
+OOM_CPU = RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                       "you tried to allocate 172800000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+@pytest.mark.parametrize("error, memory", [
+    (OOM_CPU, "the CPU's memory (RAM)"), (MemoryError(), "the CPU's memory (RAM)"),
+    (RuntimeError("MPS backend out of memory (MPS allocated: 9.1 GiB, other allocations: 1.2 GiB, max allowed: "
+                  "9.1 GiB). Tried to allocate 256 MiB on private pool."), "the Apple GPU's memory (MPS)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "the GPU's memory"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), None), (ValueError("can't allocate memory"), None),
+])
+def test_out_of_memory_is_told_by_the_memory_that_ran_out(error, memory):
+    import hardware
+    assert hardware.out_of_memory(error) == memory
+
+
+@pytest.mark.parametrize("step, kept", [(3, "nothing of this run was saved; start it again and lower --batch-size"),
+                                        (7, "last.pt keeps step 5: continue it with the same command plus --resume")])
+def test_cpu_out_of_memory_while_training_is_one_line_with_what_is_kept(step, kept, folder_data, tmp_path, capsys,
+                                                                        monkeypatch):
+    from helpers import fail_at_step
+    fail_at_step(monkeypatch, step, OOM_CPU)
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), capsys)
+    assert code == 1 and one_line_error(stderr) and "This is a bug" not in stderr
+    assert f"error: out of memory after {step - 1} steps: the CPU's memory (RAM) cannot hold what --batch-size 16 " \
+           "needs" in stderr
+    assert kept in stderr
+
+
+def test_a_real_cpu_out_of_memory_from_a_huge_image_size_is_one_line(folder_data, tmp_path, capsys):
+    """Task 4a resizes each batch to --image-size: a million pixels a side asks for terabytes, which the
+    allocator refuses (unless the kernel promises any amount of memory, vm.overcommit_memory=1)."""
+    try:
+        always = open("/proc/sys/vm/overcommit_memory").read().strip() == "1"
+    except OSError:
+        always = True
+    if always:
+        pytest.skip("needs a kernel that refuses impossible allocations (Linux, vm.overcommit_memory 0 or 2)")
+    import task4a
+    code, stderr = outcome(task4a.main, ["--data-dir", folder_data, "--weights", "none", "--image-size", 1_000_000,
+                                         "--subset", 20, "--batch-size", 4, "--max-steps", 2, "--device", "cpu",
+                                         "--run-dir", tmp_path / "run", "--plot-dir", tmp_path / "plots"], capsys)
+    assert code == 1 and one_line_error(stderr) and "This is a bug" not in stderr
+    assert "out of memory after 0 steps: the CPU's memory (RAM) cannot hold what --batch-size 4 and --image-size " \
+           "1000000 need" in stderr and "nothing of this run was saved" in stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_of_memory_while_the_data_loads_is_one_line(folder_data, tmp_path, capsys, monkeypatch):
+    def load_raw(*args, **kwargs):
+        raise MemoryError()
+    monkeypatch.setattr(dataloaders, "load_raw", load_raw)
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), capsys)
+    assert code == 1 and one_line_error(stderr) and "out of memory: the CPU's memory (RAM) is full" in stderr
+
+
+# ---------------------------------------------------------------- links where a folder should be
+
+@pytest.mark.parametrize("make, says", [
+    (lambda link, tmp: os.symlink(tmp / "nowhere" / "run", link),
+     "it is a symbolic link to {tmp}/nowhere/run, which does not exist; create {tmp}/nowhere/run or choose"),
+    (lambda link, tmp: os.symlink(link.name, link), "it is a symbolic link loop"),
+])
+def test_a_run_dir_that_is_a_broken_link_says_what_it_is(make, says, folder_data, tmp_path, capsys):
+    link = tmp_path / "run"
+    make(link, tmp_path)
+    code, stderr = outcome(task2.main, task2_args(folder_data, link, tmp_path / "plots"), capsys)
+    assert code == 1 and one_line_error(stderr) and "File exists" not in stderr
+    assert f"cannot write to {link}: " + says.format(tmp=tmp_path) in stderr
+    assert os.path.islink(link) and sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -22,7 +22,7 @@ import task2
 import utils
 from helpers import ROOT, write_image_folders
 from runs import read_run
-from helpers import ONE_THREAD, fail_at_step, one_line_error, outcome, snapshot, task2_args
+from helpers import ONE_THREAD, fail_at_step, one_line_error, outcome, seeds_args, snapshot, task2_args
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +382,7 @@ def test_evaluate_only_on_other_data_says_so(folder_data, finished, tmp_path, ca
 @pytest.mark.slow
 def test_every_seed_folder_is_checked_before_the_first_trains(folder_data, finished, tmp_path, capsys):
     shutil.copytree(finished / "run", tmp_path / "run-seed1")
-    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots",
+    code, stderr = outcome(task2.main, seeds_args(folder_data, tmp_path / "run", tmp_path / "plots",
                                                   "--seeds", "0", "1"), capsys)
     assert code == 2 and one_line_error(stderr) and f"{tmp_path / 'run-seed1'} holds a finished run" in stderr
     assert not (tmp_path / "run-seed0").exists() and "validation loss" not in stderr

@@ -31,7 +31,7 @@ from utils import UserError, load_checkpoint, read_json, write_json
     ["--validation-fraction", "1.5"], ["--early-stop-count", "0"], ["--optimizer", "sgdd"],
     ["--lr", "fast"], ["--resume", "--overwrite"], ["--lr", "1e300"], ["--momentum", "1e39"],
     ["--seed", "4294967296"], ["--seed", "-1"], ["--seeds", "1", "1"], ["--device", "tpu"],
-    ["--evaluate-only", "--overwrite"],
+    ["--evaluate-only", "--overwrite"], ["--seed", "3", "--seeds", "0", "1"],
 ])
 def test_invalid_flags_exit_2_and_create_nothing(flags, tmp_path, capsys):
     run_dir, plot_dir = tmp_path / "run", tmp_path / "plots"
@@ -81,6 +81,25 @@ def test_divergence_from_the_command_line(folder_data, tmp_path, capsys):
     assert "training diverged" in stderr and "lower --lr" in stderr
     # Diverged before its first checkpoint: nothing of it is left, so the advised rerun is not refused.
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--weight-decay", "1e37"], "lower --weight-decay (or --lr)"),
+    (["--lr", "1e30", "--weight-decay", "1e-4"], "lower --lr (or --weight-decay)"),
+    (["--momentum", "3"], "--momentum 3 is 1 or more"),
+])
+def test_divergence_names_the_setting_that_caused_it(flags, says, folder_data, tmp_path, capsys):
+    code, stderr = outcome(task2.main, task2_args(folder_data, tmp_path / "run", tmp_path / "plots", *flags), capsys)
+    assert code == 1 and one_line_error(stderr) and "training diverged" in stderr
+    assert says in stderr
+
+
+def test_divergence_advice_without_an_obvious_cause_is_the_learning_rate():
+    from trainer import divergence_advice
+    assert divergence_advice(TrainConfig(lr=5.0)) == "lower --lr (now 5)"
+    assert divergence_advice(TrainConfig(lr=5.0, momentum=0.9)) == "lower --lr (now 5) or --momentum (now 0.9)"
+    # Adam's momentum is its own (betas): --momentum is not its setting
+    assert "--momentum" not in divergence_advice(TrainConfig(lr=5.0, momentum=2.0, optimizer="adam"))
 
 
 # ---------------------------------------------------------------- interrupted runs

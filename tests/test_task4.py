@@ -156,6 +156,23 @@ def test_offline_error_from_the_command_line_is_one_line(torch_home, tmp_path, p
     assert not (tmp_path / "task4b.png").exists()
 
 
+@pytest.mark.parametrize("xdg", ["", "relative"])
+def test_an_empty_or_relative_xdg_cache_home_keeps_the_weights_in_the_home_cache(xdg, tmp_path, monkeypatch):
+    """The XDG spec counts an empty or relative $XDG_CACHE_HOME as unset: the 45 MB of weights go to
+    ~/.cache/torch/hub, never into the folder the script runs from (where torch itself would put them)."""
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    fetched = []
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda url, destination, *args, **kwargs: fetched.append(
+        destination) or torch.save(resnet18(weights=None).state_dict(), destination))
+    resnet.pretrained_resnet18("imagenet")
+    expected = tmp_path / "home" / ".cache" / "torch" / "hub" / "checkpoints"
+    assert resnet.weights_cache_dir() == expected and (expected / resnet.WEIGHTS_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+
+
 def test_cached_or_local_weights_are_used_without_network(torch_home, tmp_path):
     reference = resnet18(weights=None)
     torch_home.mkdir(parents=True)

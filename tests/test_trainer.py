@@ -121,15 +121,17 @@ def test_a_failed_figure_write_keeps_the_old_png(tmp_path):
 
     path = tmp_path / "figure.png"
     figures.save(plt.figure(), path)
-    before = path.read_bytes()
+    before = path.read_bytes(), path.with_suffix(".pdf").read_bytes()
     figure = plt.figure()
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     figure.savefig = disk_full
-    with pytest.raises(utils.UserError, match="figure.png: the disk is full; the previous figure.png is intact"):
+    with pytest.raises(utils.UserError, match="figure.png: the disk is full; the previous figure.png and figure.pdf "
+                                              "are intact"):
         figures.save(figure, path)
-    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["figure.pdf", "figure.png"]
+    assert (path.read_bytes(), path.with_suffix(".pdf").read_bytes()) == before
+    assert sorted(os.listdir(tmp_path)) == ["figure.pdf", "figure.png"]
     assert not plt.fignum_exists(figure.number)          # closed either way
 
 

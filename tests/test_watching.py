@@ -8,12 +8,13 @@ import torch
 
 import cli
 import dataloaders
+import runs
 import watching
 import task2
 import task3d
 import utils
 from runs import read_run
-from helpers import exit_code, fail_at_step, one_line_error, outcome, snapshot, task2_args
+from helpers import exit_code, fail_at_step, one_line_error, outcome, seeds_args, snapshot, task2_args
 from trainer import TrainConfig, Trainer
 
 
@@ -114,7 +115,7 @@ def test_per_class_results_and_confusion_matrices(tiny):
 @pytest.mark.slow
 def test_seeds_run_one_folder_each_and_print_mean_and_spread(folder_data, tmp_path, capsys):
     base = tmp_path / "run"
-    assert exit_code(task2.main, *task2_args(folder_data, base, tmp_path / "plots"), "--max-steps", "5",
+    assert exit_code(task2.main, *seeds_args(folder_data, base, tmp_path / "plots"), "--max-steps", "5",
                      "--seeds", "3", "7") == 0
     out = capsys.readouterr().out
     assert "over 2 seeds (3, 7): mean ± sample std" in out and "test accuracy" in out
@@ -129,6 +130,36 @@ def test_seed_summary_gives_mean_and_sample_std_and_every_value():
     text = cli.seed_summary({0: result(0.70), 1: result(0.72), 2: result(0.74)})
     assert "over 3 seeds (0, 1, 2)" in text
     assert "test accuracy 0.7200 ± 0.0200   0.7000  0.7200  0.7400" in text
+
+
+def test_one_seed_gives_its_values_and_no_spread():
+    result = {split: {"loss": 1.0, "accuracy": 0.5} for split in ("train", "validation", "test")}
+    text = cli.seed_summary({5: result})
+    assert "nan" not in text and "±" not in text
+    assert "over 1 seed (5): a spread needs two or more seeds" in text and "test accuracy 0.5000" in text
+
+
+def test_an_interrupted_seeds_set_is_completed_with_the_same_command_plus_resume(folder_data, tmp_path, capsys,
+                                                                                monkeypatch):
+    base, plots = tmp_path / "run", tmp_path / "plots"
+    command = [*seeds_args(folder_data, base, plots), "--max-steps", "8", "--lr", "0.02", "--seeds", "0", "1", "2"]
+    fail_at_step(monkeypatch, 8 + 7, KeyboardInterrupt())  # seed 1 at its step 7, after its first validation
+    assert exit_code(task2.main, *command) == 130
+    monkeypatch.undo()
+    seed0 = read_run(tmp_path / "run-seed0")["metrics"]
+    assert [runs.status(tmp_path / f"run-seed{seed}") for seed in (0, 1, 2)] == ["finished", "unfinished", "empty"]
+    capsys.readouterr()
+    # the same command again is refused (exit 2), saying how to go on
+    code, stderr = outcome(task2.main, command, capsys)
+    assert code == 2 and one_line_error(stderr) and "the same command plus --resume" in stderr
+    # with --resume (the folder is enough: every run of the set is made with the settings of the set)
+    assert exit_code(task2.main, "--run-dir", base, "--seeds", "0", "1", "2", "--resume", "--plot-dir", plots) == 0
+    out = capsys.readouterr().out
+    assert "over 3 seeds (0, 1, 2): mean ± sample std" in out
+    finished = {seed: read_run(tmp_path / f"run-seed{seed}") for seed in (0, 1, 2)}
+    assert {seed: (run["config"]["settings"]["seed"], run["config"]["settings"]["lr"], run["metrics"]["steps"])
+            for seed, run in finished.items()} == {0: (0, 0.02, 8), 1: (1, 0.02, 8), 2: (2, 0.02, 8)}
+    assert finished[0]["metrics"]["test"] == seed0["test"]          # read again, not trained again
 
 
 def test_deterministic_is_recorded(folder_data, tmp_path, capsys):
