@@ -29,6 +29,7 @@ import torch.distributed as dist
 import dataloaders
 import hardware
 import runs
+import startup
 from trainer import COMMAND, EXPERIMENT, FILES, HOW, ROLES, TrainConfig, TrainingInterrupted, role
 from utils import MAX_SEED, UsageError, UserError, read_json
 
@@ -425,6 +426,8 @@ def main(entry, argv=None) -> None:
         runs.release_all()  # a run that failed before writing anything leaves no folder behind
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        if argv is None:  # the command line's process: a Ctrl-C while Python shuts down is no traceback
+            startup.quiet_ctrl_c("as it exited: what it reported above is done")
 
 
 training_parser("", "cli")  # records the shared flags' roles (ROLES) for code that builds no parser (report.py)

@@ -718,3 +718,32 @@ def test_every_number_of_a_smoke_run_says_so_where_it_is_shown(runs, tmp_path):
     assert "**not the real result**: before deepening: smoke run" in section and "| Model 1 (smoke run) |" in section
     table = (plots / "task3_table.md").read_text()
     assert "**Not the real result**: Model 1: smoke run: --subset 300, --max-steps 5" in table
+
+
+# ---------------------------------------------------------------- Ctrl-C (issue 32, item 13)
+
+def test_ctrl_c_while_the_report_is_drawn_says_what_it_left(runs, tmp_path, monkeypatch, capsys):
+    from helpers import exit_code
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(report, "draw_all", interrupted)
+    argv = ["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")]
+    assert exit_code(report.main, *argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted while writing the report: no run was changed" in err and "nothing was trained" not in err
+    assert f"`python report.py {' '.join(argv)}` again" in err
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_command_exits_is_one_line_not_a_traceback():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    code = ("import os, signal, time, threading\nimport cli\n"
+            "worker = threading.Thread(target=time.sleep, args=(5,))\nworker.start()\n"
+            "cli.main(lambda argv: print('done'))\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 130 and "Traceback" not in result.stderr
+    assert "interrupted as it exited: what it reported above is done" in result.stderr
