@@ -19,7 +19,7 @@ MARKDOWN = (MarkdownIt("commonmark", {"html": True, "typographer": False}).enabl
             .use(dollarmath_plugin, allow_space=False, allow_digits=False))
 
 
-SHORT = 400  # characters: a paragraph this short is kept on the page of the heading above it
+SHORT = 120  # characters: a paragraph this short is kept on the page of the heading above it
 
 
 def escape_cell(text) -> str:
@@ -76,7 +76,7 @@ class Document:
                  "|" + "|".join(rule[a] for a in align[:len(header)]) + "|"]
         lines += ["| " + " | ".join(escape_cell(self.clean(c)) for c in row) + " |" for row in rows]
         if caption:
-            self.add("caption", f"*{self.clean(caption)}*")
+            self.add("caption", f"*{self.clean(caption)}*", style="caption")
         self.add("table", "\n".join(lines), style=style)
 
     def figure(self, path: Path, caption: str, size: str = "") -> None:
@@ -119,12 +119,14 @@ class Document:
         """One page; a heading is printed together with what follows it (never alone at the foot of a page)."""
         body, pending, groups = [], [], []
         for block in self.blocks:
-            if block["kind"] == "group":
-                groups.append(len(body))
+            if block["kind"] == "group":  # headings waiting for it stay with the whole group
+                groups.append((len(body), "".join(pending)))
+                pending = []
                 continue
             if block["kind"] == "end_group":
-                start = groups.pop()
-                body[start:] = [f'<div class="row">{"".join(body[start:])}</div>']
+                start, before = groups.pop()
+                row = f'<div class="row">{"".join(body[start:])}</div>'
+                body[start:] = [f'<div class="keep">{before}{row}</div>' if before else row]
                 continue
             piece = self._html_block(block)
             # A heading waits for what follows it: a caption or a line or two, then the first table, figure or
@@ -171,7 +173,7 @@ code {{ font-size: 0.9em; background: #f3f3f3; }}
   h2.task {{ break-before: page; }}
   h1, h2, h3, h4 {{ break-after: avoid; }}
   .keep, figure, tr, .row {{ break-inside: avoid; }}
-  figure img {{ max-height: 5.2in; }}
+  figure img {{ max-height: 4.3in; }}
   figure.half img {{ max-height: 3.4in; }}
   a {{ color: inherit; text-decoration: none; }}
 }}

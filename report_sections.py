@@ -218,7 +218,12 @@ def hyperparameters(doc: Document, report: Report, names: list[str], caption: st
                                 c.get("data", {}).get(f"{s}_images"), int) else "?" for s in SPLITS))):
         rows.append([label, *(str(pick(report.loaded[n]["config"])) for n in columns)]
                     + [""] * len(references))
-    doc.table(header, rows, align="l" + "r" * (len(header) - 1), caption=caption)
+    if len(header) == 2 and len(rows) > 8:  # one run, nothing beside it: two settings a row, half the height
+        half = -(-len(rows) // 2)
+        rows = [[*rows[i], *(rows[i + half] if i + half < len(rows) else ["", ""])] for i in range(half)]
+        header = header * 2
+    doc.table(header, rows, align="lr" * (len(header) // 2) if len(header) == 4 and not references else
+              "l" + "r" * (len(header) - 1), caption=caption)
 
 
 # ---------------------------------------------------------------- title, banner, summary
@@ -440,6 +445,7 @@ def task3(doc: Document, report: Report, task3_messages: list[str]) -> None:
     if "task3d" in report.loaded:
         split_table(doc, report, "task3d")
         layer_table(doc, report.loaded["task3d"]["config"], compact=True, caption="The network")
+        hyperparameters(doc, report, ["task3d"], "The recipe's settings (docs/task3d.md says what each does)")
     answer(doc, report, "3d")
 
 
