@@ -15,6 +15,7 @@ import argparse
 import copy
 import dataclasses
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -31,7 +32,7 @@ import hardware
 import runs
 import startup
 from trainer import COMMAND, EXPERIMENT, FILES, HOW, ROLES, TrainConfig, TrainingInterrupted, role
-from utils import MAX_SEED, UsageError, UserError, read_json
+from utils import MAX_SEED, UsageError, UserError
 
 # float32 holds magnitudes up to about 3.4e38; a larger learning rate would overflow inside torch.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -107,6 +108,11 @@ def _flag(group, flag: str, role: str = EXPERIMENT, **kwargs):
     return action
 
 
+def flag_of(setting: str) -> str:
+    """The command-line flag of a setting: batch_size -> --batch-size."""
+    return f"--{setting.replace('_', '-')}"
+
+
 def _field_kind(annotation: str) -> str:
     return next(kind for kind in ("bool", "int", "float", "str") if kind in str(annotation))
 
@@ -139,7 +145,7 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
         meta = field.metadata
         if not meta["flag"]:
             continue
-        flag, kind = f"--{field.name.replace('_', '-')}", _field_kind(field.type)
+        flag, kind = flag_of(field.name), _field_kind(field.type)
         if kind == "bool":
             groups[meta["group"]].add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
                                                help=meta["help"])
@@ -210,6 +216,10 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     # that a run can say how it differs from the recipe (fewer epochs, another image size).
     args.script_defaults = {action.dest: parser.get_default(action.dest) for action in parser._actions
                             if action.dest != "help"}
+    # The script, recorded with the run (its name may be a variant's: task3c_before), and its flags, by which
+    # a setting read back from the run is checked (recorded_settings).
+    args.script = parser.get_default("name")
+    _FLAGS[args.script] = {action.dest: action for action in parser._actions}
     if args.resume and args.overwrite:
         parser.error("--resume and --overwrite contradict each other; pick one")
     if args.evaluate_only and (args.resume or args.overwrite):
@@ -261,64 +271,153 @@ def check_output_names(parser: argparse.ArgumentParser, args) -> None:
 
 
 _NOT_GIVEN = object()
-ROLES["flags_given"] = ROLES["script_defaults"] = COMMAND  # (set by parse)
+_FLAGS: dict[str, dict[str, argparse.Action]] = {}  # script -> its flags by setting (set by parse)
+ROLES["flags_given"] = ROLES["script_defaults"] = ROLES["script"] = COMMAND  # (set by parse)
+ROLES["data_dir_from"] = COMMAND  # where a recorded data folder came from (set by recorded_settings)
 
 
 # ---------------------------------------------------------------- settings recorded in a run
 
 
 def recorded_settings(args) -> argparse.Namespace:
-    """--resume / --evaluate-only: the settings the run in its --run-dir was made with (config.json) where
-    the command line gives none. A flag it gives that differs is refused by name, unless it may change:
+    """--resume / --evaluate-only: the settings the run in its --run-dir was made with where the command line gives
+    none, from its record (runs.read_record: config.json, or where that is lost or damaged, the copy its checkpoints
+    keep), each checked as its flag checks it. A flag given that differs is refused by name, unless it may change:
     what is not the experiment and its length (trainer.role), and for --evaluate-only the data evaluated
-    (--data-dir, --subset). How the run is carried out (role HOW) is this command's: only the data folder is
-    taken from the record (where it still exists: the data is compared by fingerprint), never the figure
-    folder, device or switches of a checkout that may have moved."""
+    (--data-dir, --subset). How the run is carried out (role HOW) is this command's: only the data folder is taken
+    from the record, as the run first resolved it, never the figure folder, device or switches of a checkout that
+    may have moved. Another script's run folder is refused by name."""
+    if getattr(args, "flags_given", None) is None:
+        return args
     run_dir = runs.run_dir_of(args)
-    path = run_dir / FILES.CONFIG
-    if getattr(args, "flags_given", None) is None or not path.is_file():
-        return args
-    try:
-        config = read_json(path)
-        runs.check_config(config, path)
-    except UserError:  # the checkpoints' signature still refuses other settings
-        return args
-    recorded = config.get("settings", {})
-    own = {key for key in set(recorded) | set(vars(args)) if role(key) != COMMAND}
-    if config.get("name") != args.name and set(recorded) & own != set(vars(args)) & own:
-        # Another script's run: refused by the checkpoint's signature, naming what differs. (A variant of
-        # this script under another name, task3_model1 --convs-per-stage 1, has the same settings: its
-        # name is taken with them.)
-        return args
+    checkpoints = (FILES.BEST, FILES.LAST) if args.evaluate_only else (FILES.LAST, FILES.BEST)
+    record, path, whole, problem = runs.read_record(run_dir, checkpoints)
+    recorded = record.get("settings", {})
+    _refuse_another_script(args, record, path, run_dir)
+    if problem:
+        _note(f"{problem}; the run's settings are read from {path} instead"
+              f"{' (this --resume writes config.json again)' if args.resume else ''}")
+    flags = _FLAGS.get(getattr(args, "script", None), {})
     args = copy.copy(args)
     for key, value in recorded.items():
-        if role(key) == COMMAND or not hasattr(args, key):
+        if role(key) in (COMMAND, HOW) or not hasattr(args, key):  # (the data folder: below)
             continue
-        current = getattr(args, key)
         if key not in args.flags_given:
-            if role(key) == HOW and not (key == "data_dir" and isinstance(value, str) and Path(value).is_dir()):
+            setattr(args, key, _recorded_value(key, value, path, flags.get(key)))
+        elif role(key) == EXPERIMENT and not (key == "subset" and args.evaluate_only):
+            try:
+                value = _recorded_value(key, value, path, flags.get(key))
+            except UserError:  # damaged there: the checkpoints' signature compares the value given
                 continue
-            _check_recorded(key, value, current, path)
-            setattr(args, key, Path(value) if key == "data_dir" else value)
-        elif (role(key) == EXPERIMENT and not (key == "subset" and args.evaluate_only)
-              and runs.json_value(current) != value):
-            flag = f"--{key.replace('_', '-')}"
-            raise UsageError(f"{run_dir} was made with {flag}={value}, not {flag}={runs.json_value(current)}; drop "
-                             f"{flag} to {'evaluate' if args.evaluate_only else 'continue'} it as it was made, or "
-                             "start a new run with another --run-dir (or --overwrite)")
+            if runs.json_value(getattr(args, key)) != runs.json_value(value):
+                flag = flag_of(key)
+                raise UsageError(f"{run_dir} was made with {flag}={runs.json_value(value)}, not "
+                                 f"{flag}={runs.json_value(getattr(args, key))}; drop {flag} to "
+                                 f"{'evaluate' if args.evaluate_only else 'continue'} it as it was made, or start a "
+                                 "new run with another --run-dir (or --overwrite)")
+    unknown = [key for key in runs.LENGTH_SETTINGS if key not in args.flags_given and key != "max_steps"]
+    if not whole and args.resume and unknown:
+        raise UserError(f"{problem}, and {path} (written by an earlier version) records the experiment but not the "
+                        f"run's length: give {' '.join(f'{flag_of(key)} N' for key in unknown)} "
+                        "(and --max-steps N if it had one) as the run was made, or put its config.json back")
+    if "data_dir" not in args.flags_given:
+        args.data_dir, args.data_dir_from = _recorded_data_dir(record, path, run_dir)
     return args
 
 
-def _check_recorded(key: str, value, current, path: Path) -> None:
-    """A recorded setting has the type of the flag it stands for (config.json may have been edited)."""
-    if current is None:  # an optional flag (None by default): any recorded value of its kind parsed once
-        return
-    kind = type(current)
-    # An integer-valued float reads back as an int, a tuple as a list.
-    number = {float: (int, float), tuple: list}.get(kind, kind)
-    if isinstance(value, bool) != (kind is bool) or not isinstance(value, number):
-        raise UserError(f"{path} is damaged: settings.{key} is {value!r}, not a {kind.__name__}; give "
-                        f"--{key.replace('_', '-')} on the command line, or rerun with --overwrite")
+def _note(message: str) -> None:
+    """A line on stderr, once (under torchrun, from rank 0: the process group does not exist yet)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"note: {message}", file=sys.stderr)
+
+
+def _refuse_another_script(args, record: dict, path: Path, run_dir: Path) -> None:
+    """A run folder of another training script is refused by name, before anything loads."""
+    settings = record.get("settings", {})
+    script = settings.get("script")
+    if script is None:
+        # Recorded by an earlier version: by the run's name, its script's but for a variant of the same
+        # script (task3_model1 --convs-per-stage 1 is task3c_before), which has the same settings.
+        experiment = {key for key in settings if role(key) == EXPERIMENT}
+        if record.get("name", settings.get("name")) == args.name or experiment == {
+                key for key in vars(args) if role(key) == EXPERIMENT}:
+            return
+        script = record.get("name", settings.get("name"))
+    if script != getattr(args, "script", script):
+        action = "--evaluate-only" if args.evaluate_only else "--resume"
+        raise UsageError(f"{run_dir} holds a run of {script}.py (its {path.name} says so), not of {args.script}.py; "
+                         f"use python {script}.py {action} --run-dir {run_dir}, or choose another --run-dir")
+
+
+def _recorded_value(key: str, value, path: Path, action: argparse.Action | None):
+    """settings.`key` of the record in `path`, as its flag (`action`) would parse it: the command line's own type
+    and range checks, so that a hand-edited value out of range is refused as the flag would refuse it."""
+    def damaged(why: str) -> UserError:
+        return UserError(f"{path} is damaged: settings.{key}{why}; give {flag_of(key)} on the command line as the "
+                         "run was made, or correct it there")
+
+    def parsed(item):
+        if action.type in (None, str, Path):
+            kind = bool if isinstance(action.default, bool) else str
+            if not isinstance(item, kind):
+                raise damaged(f" is {json.dumps(item)}, not {'true or false' if kind is bool else 'text'}")
+        else:
+            if not isinstance(item, (int, float)) or isinstance(item, bool):
+                raise damaged(f" is {json.dumps(item)}, not a number")
+            try:
+                item = action.type(str(item))
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as error:
+                raise damaged(f": {error}") from None
+        if action.choices is not None and item not in action.choices:
+            raise damaged(f" is {json.dumps(item)}, not one of {', '.join(map(str, action.choices))}")
+        return item
+
+    if action is None:  # a setting of the script's own (its name), no flag
+        if not isinstance(value, str):
+            raise damaged(f" is {json.dumps(value)}, not text")
+        return value
+    if value is None:
+        if action.default is None:  # an optional flag left unset
+            return None
+        raise damaged(" is null, not a value")
+    if action.nargs in (None, "?", 0):  # (0: a switch, --augment / --no-augment)
+        return parsed(value)
+    count = action.nargs if isinstance(action.nargs, int) else None  # (else "+" or "*")
+    if not isinstance(value, list) or (count is not None and len(value) != count) or (action.nargs == "+" and
+                                                                                      not value):
+        raise damaged(f" is {json.dumps(value)}, not a list of {count or 'several'} values")
+    return [parsed(item) for item in value]
+
+
+def _recorded_data_dir(record: dict, path: Path, run_dir: Path) -> tuple[str, str]:
+    """The data folder the run was trained on, as its record has it, and where it came from then ($CIFAR10_DIR
+    ...); a folder that is no longer there is one line naming it, never data/cifar10 or a download instead."""
+    resolved, settings = record.get("resolved", {}), record.get("settings", {})
+    source = record.get("data", {}).get("source")
+    trained_on = f" (it was trained on {source})" if source else ""
+    folder, origin = resolved.get("data_dir"), resolved.get("data_dir_from") or "--data-dir"
+    if folder is None:  # an earlier version recorded the flag as given, relative or None
+        folder = settings.get("data_dir")
+    if folder is None:  # ... None: $CIFAR10_DIR or data/cifar10 then, and it does not say which; as now
+        found, origin = dataloaders.data_dir_and_origin(None)
+        if dataloaders.find_layout(found) is None:
+            raise UserError(f"{path} does not say which data folder the run was trained on (an earlier version "
+                            f"wrote it) and {found} ({origin}) holds no CIFAR-10; pass --data-dir DIR holding the "
+                            f"images it was trained on{trained_on}")
+        return os.path.abspath(found), origin
+    if not isinstance(folder, str):
+        raise UserError(f"{path} is damaged: its data folder is {json.dumps(folder)}, not a path; pass --data-dir "
+                        f"DIR holding the images it was trained on{trained_on}")
+    if not os.path.isdir(folder):
+        where = "" if os.path.isabs(folder) else f" (relative: here {os.path.abspath(folder)})"
+        came = f", from {origin}" if origin != "--data-dir" else ""
+        raise UserError(f"the data folder {folder}{where}{came} that {run_dir} was trained on is not there; pass "
+                        f"--data-dir DIR where the same images are now{trained_on}")
+    if os.environ.get("CIFAR10_DIR") and os.path.abspath(os.path.expanduser(os.environ["CIFAR10_DIR"])) != \
+            os.path.abspath(folder):
+        _note(f"reading {folder}, the data folder {run_dir} was trained on, not $CIFAR10_DIR "
+              f"({os.environ['CIFAR10_DIR']}); --data-dir chooses another")
+    return os.path.abspath(folder), origin
 
 
 # ---------------------------------------------------------------- several seeds

@@ -53,13 +53,18 @@ class RawCIFAR10:
 
 # ---------------------------------------------------------------- finding the data
 
-def resolve_data_dir(data_dir=None) -> Path:
-    """--data-dir, then $CIFAR10_DIR, then data/cifar10 beside this file."""
+def data_dir_and_origin(data_dir=None) -> tuple[Path, str]:
+    """The data folder and where it came from: --data-dir, then $CIFAR10_DIR, then data/cifar10 beside this
+    file ("default")."""
     if data_dir:
-        return Path(data_dir).expanduser()
+        return Path(data_dir).expanduser(), "--data-dir"
     if os.environ.get("CIFAR10_DIR"):
-        return Path(os.environ["CIFAR10_DIR"]).expanduser()
-    return DEFAULT_DATA_DIR
+        return Path(os.environ["CIFAR10_DIR"]).expanduser(), "$CIFAR10_DIR"
+    return DEFAULT_DATA_DIR, "default"
+
+
+def resolve_data_dir(data_dir=None) -> Path:
+    return data_dir_and_origin(data_dir)[0]
 
 
 def find_layout(root: Path):

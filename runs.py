@@ -18,6 +18,7 @@ import contextlib
 import copy
 import dataclasses
 import hashlib
+import json
 import math
 import numbers
 import os
@@ -35,10 +36,10 @@ import dataloaders
 import figures
 import hardware
 import watching
-from trainer import (EXPERIMENT, FILES, RunFolder, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
+from trainer import (EXPERIMENT, FILES, LENGTH, RunFolder, TrainConfig, Trainer, TrainingInterrupted, build_optimizer,
                      describe_data, evaluate_checkpoint, format_final_table, role)
-from utils import (UsageError, UserError, WriteError, check_writable, load_checkpoint, read_json, set_seed,
-                   write_json)
+from utils import (UsageError, UserError, WriteError, check_writable, load_checkpoint, read_json,
+                   remove_stale_temporaries, set_seed, write_json)
 
 ROOT = Path(__file__).resolve().parent
 RUNS_DIR = ROOT / "runs"
@@ -154,8 +155,7 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
     state = status(run_dir) if run_dir.is_dir() else "empty"
     if evaluate_only:
         if not (run_dir / FILES.BEST).is_file():
-            return UserError(f"nothing to evaluate: {run_dir / FILES.BEST} does not exist; train first, or point "
-                             "--run-dir at a finished run")
+            return UserError(f"nothing to evaluate: {run_dir / FILES.BEST} does not exist; {_without_best(run_dir)}")
     elif resume:
         if state not in ("finished", "unfinished"):
             return UserError(f"nothing to resume: {run_dir / FILES.LAST} does not exist; run without --resume "
@@ -177,6 +177,22 @@ def refusal(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = 
                           "--run-dir, or use it with --overwrite (which replaces only the files a run writes, "
                           f"{', '.join(OUTPUTS)}, {TENSORBOARD_DIR}/, and keeps every other file)")
     return None
+
+
+def _without_best(run_dir: Path) -> str:
+    """What to do about a run folder without its best.pt."""
+    try:
+        state = load_checkpoint(run_dir / FILES.LAST)
+        best, step = state["best"]["step"], state["step"]
+    except (UserError, KeyError, TypeError):
+        return "train first, or point --run-dir at a finished run"
+    if best is None:
+        return "the run in it has not validated yet: continue it with --resume"
+    if best == step:  # last.pt holds the best weights
+        return (f"--resume --run-dir {run_dir} writes it again from {run_dir / FILES.LAST} (its best step {best} is "
+                "its last)")
+    return (f"the run's best weights (step {best}) are lost and {run_dir / FILES.LAST} holds step {step}; train it "
+            "again with --overwrite")
 
 
 def check(run_dir: Path, resume: bool, overwrite: bool, evaluate_only: bool = False, in_set: bool = False) -> None:
@@ -293,8 +309,9 @@ def _remove(path: Path) -> None:
 # ---------------------------------------------------------------- reading runs back
 
 def _require(condition: bool, path: Path, what: str) -> None:
+    """The check_* functions' one refusal: what is wrong with the file (the caller says how to repair it)."""
     if not condition:
-        raise UserError(f"{path} is damaged: {what}; rerun the script that writes it")
+        raise UserError(f"{path} is damaged: {what}")
 
 
 def _is_number(value) -> bool:
@@ -358,7 +375,7 @@ def check_history(history, path: Path) -> None:
              "a validation point's step, loss or accuracy is out of its range (negative, above 1, NaN or infinite)")
     _require(all(_is_number(v) for v in train["values"]), path, "training losses that are not numbers")
     if not train["steps"] or not validations:
-        raise UserError(f"{path} holds no training steps or no validation; rerun the script that writes it")
+        raise UserError(f"{path} holds no training steps or no validation")
 
 
 def check_config(config, path: Path) -> None:
@@ -375,15 +392,91 @@ CHECKS = {"config": (FILES.CONFIG, check_config), "history": (FILES.HISTORY, che
 
 def read_run(run_dir: Path, finished: bool = True) -> dict:
     """config, history and metrics of a finished run (where run_folders finds them); a damaged file is a
-    UserError naming it. finished=False: config and history only, of a run still training (or stopped
-    before its end)."""
+    UserError naming it and how to repair it. finished=False: config and history only, of a run still training
+    (or stopped before its end)."""
     run = {}
     for name in ("config", "history", "metrics") if finished else ("config", "history"):
         file, check = CHECKS[name]
         path = run_file(run_dir, file)
-        run[name] = read_json(path)
-        check(run[name], path)
+        try:
+            run[name] = read_json(path, fix=None)
+            check(run[name], path)
+        except UserError as error:
+            raise UserError(f"{error}; {repair(run_dir)}") from None
     return run
+
+
+def repair(run_dir: Path) -> str:
+    """How a run's damaged or lost config.json, history.json or metrics.json is written again: a --resume
+    rewrites each from last.pt (and reruns the final evaluation of a finished run)."""
+    last = Path(run_dir) / FILES.LAST
+    if not last.is_file():
+        return f"without its {last} it cannot be repaired: train it again with --overwrite"
+    script = script_of(run_dir)
+    return (f"{f'python {script}.py' if script else 'the script that made it, with'} --resume --run-dir {run_dir} "
+            f"rewrites it from {last}")
+
+
+def script_of(run_dir: Path) -> str | None:
+    """The training script that made the run in `run_dir` (task2, ...), as its record says, where it does."""
+    for name in (FILES.CONFIG, FILES.LAST):
+        try:
+            record, _ = _record_in(Path(run_dir) / name)
+        except UserError:
+            continue
+        settings = record.get("settings")
+        script = settings.get("script") if isinstance(settings, dict) else None
+        # A record of an earlier version names the run, which is the script's name but for a variant
+        # (task3c_before is task3_model1.py's).
+        script = script or record.get("name")
+        if isinstance(script, str) and (ROOT / f"{script}.py").is_file():
+            return script
+    return None
+
+
+def _record_in(path: Path) -> tuple[dict, bool]:
+    """The run's record in `path`: config.json, or the copy a checkpoint of this version keeps, else what every
+    checkpoint records of the run, its signature: the experiment's settings only (then False: not whole)."""
+    if path.name == FILES.CONFIG:
+        record = read_json(path, fix=None)
+        check_config(record, path)
+        return record, True
+    state = load_checkpoint(path)
+    record = state.get("record") if isinstance(state, dict) else None
+    if record is not None:
+        check_config(record, path)
+        return record, True
+    signature = state.get("signature") if isinstance(state, dict) else None
+    _require(isinstance(signature, dict), path, "it records no settings (no signature)")
+    return {"settings": {key: value for key, value in signature.items() if key != "model"},
+            "data": state.get("data") or {}}, False
+
+
+# The settings a record must hold to continue its run: what it computes is checked against the checkpoints'
+# signature, but nothing else records how long it trains.
+LENGTH_SETTINGS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata["role"] == LENGTH)
+
+
+def read_record(run_dir: Path, checkpoints: tuple[str, ...]) -> tuple[dict, Path, bool, str | None]:
+    """How the run in `run_dir` was made, for --resume and --evaluate-only: config.json, or where it is lost or
+    damaged, the copy that the first of `checkpoints` keeps (this version's last.pt and best.pt do), else what
+    that checkpoint's signature records (the experiment's settings, not the run's length or data folder).
+    Returns the record, the file it was read from, whether it is whole, and why config.json was not used."""
+    path = Path(run_dir) / FILES.CONFIG
+    try:
+        record, _ = _record_in(path)
+        settings = record.get("settings")
+        _require(isinstance(settings, dict) and settings, path, "it records no settings")
+        missing = [key for key in LENGTH_SETTINGS if key not in settings]
+        _require(not missing, path, f"it lacks settings.{', settings.'.join(missing)}")
+        return record, path, True, None
+    except UserError as error:
+        problem = str(error)
+    for name in checkpoints:
+        if (Path(run_dir) / name).is_file():
+            record, whole = _record_in(Path(run_dir) / name)
+            return record, Path(run_dir) / name, whole, problem
+    raise UserError(f"{problem}; {repair(run_dir)}")
 
 
 CIFAR10_SPLIT = (50_000, 10_000)  # training (with validation) and test images
@@ -608,10 +701,14 @@ class Run:
         run.config = TrainConfig(**{name: getattr(args, name) for name in fields}, precision=precision,
                                  channels_last=channels_last or hardware.uses_channels_last(precision, run.device),
                                  cuda_graphs=args.cuda_graphs and cuda_graphs.applies_to(run.device))
+        data_dir, origin = dataloaders.data_dir_and_origin(args.data_dir)
+        origin = getattr(args, "data_dir_from", None) or origin  # a resume that reads the recorded folder: as then
         run.resolved = {"device": str(run.device), "device_name": hardware.describe_device(run.device),
                         "precision": precision, "precision_reason": why,
                         "channels_last": run.config.channels_last, "world_size": run.world_size,
-                        "deterministic": args.deterministic}
+                        "deterministic": args.deterministic,
+                        # the data folder read, whatever the current folder and environment, and where from
+                        "data_dir": os.path.abspath(data_dir), "data_dir_from": origin}
         return run
 
     # ---------------------------------------------------------------- data and model
@@ -622,10 +719,14 @@ class Run:
         `augmentation` replaces the default dataloaders.Augmentation() that --augment turns on.
         """
         args = self.args
+        # The folder the record names (absolute); a run resumed or evaluated needs the data it was trained on,
+        # never a fresh download.
         loaders = dataloaders.load_cifar10(
-            args.batch_size, args.validation_fraction, seed=args.seed, data_dir=args.data_dir, device=self.device,
+            args.batch_size, args.validation_fraction, seed=args.seed, data_dir=self.resolved["data_dir"],
+            device=self.device,
             transform=transform, augment=(augmentation or dataloaders.Augmentation()) if args.augment else None,
-            subset=args.subset, rank=self.rank, world_size=self.world_size)
+            subset=args.subset, rank=self.rank, world_size=self.world_size,
+            download=not (args.resume or args.evaluate_only))
         train = loaders[0]
         self.data = {"source": train.source, "transform": repr(train.transform), "augmentation": repr(train.augment),
                      **{f"{name}_images": loader.num_images * self.world_size
@@ -664,11 +765,7 @@ class Run:
         trainer = Trainer(model, train_loader, val_loader, test_loader, self.config, self.dir, self.device,
                           optimizer=optimizer, callbacks=[*callbacks, *own], settings=run_settings(args),
                           folder=RunFiles(self, protect_previous=self.previous != "empty" and not args.resume),
-                          started=self.started, data=self.data_identity, **recipe)
-        config = self.config
-        if config.max_steps and config.max_steps > trainer.total_steps and not args.evaluate_only:
-            trainer.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
-                        f"the run after {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch)")
+                          started=self.started, data=self.data_identity, record=self.config_record(), **recipe)
         if args.compile:
             trainer.network = torch.compile(trainer.network)
         if args.resume:
@@ -678,7 +775,13 @@ class Run:
                 self.release()
                 raise
             if self.is_main:
+                for name in OUTPUTS:  # what a writer killed mid-write left (the next write of each removes it too)
+                    remove_stale_temporaries(self.dir / name)
                 self.write_config()  # the run continues with this command's settings (e.g. more epochs)
+        config = self.config
+        if config.max_steps and config.max_steps > trainer.total_steps and not args.evaluate_only:
+            trainer.log(f"note: --max-steps {config.max_steps} will not be reached: --epochs {config.epochs} ends "
+                        f"the run after {trainer.total_steps} steps ({trainer.steps_per_epoch} per epoch)")
         if self.is_main:
             print(f"{self.title}: {self.data['train_images']} train / {self.data['validation_images']} validation / "
                   f"{self.data['test_images']} test images from {self.data['source']}; {self.device} "
@@ -696,11 +799,13 @@ class Run:
         resolved = {**self.resolved, "cuda_graphs": self.config.cuda_graphs,
                     **({"cuda_graphs_note": self.graph_note} if self.graph_note else {})}
         settings = {key: json_value(value) for key, value in sorted(vars(self.args).items())
-                    if key != "script_defaults"}  # recorded as "defaults", below
-        return {"name": self.args.name, "title": self.title, "settings": settings,
-                "defaults": {key: json_value(value) for key, value in self.args.script_defaults.items()
-                             if key in settings},
-                "resolved": resolved, "data": self.data, "model": self.model_info, "versions": hardware.versions()}
+                    if key not in ("script_defaults", "data_dir_from")}  # recorded as "defaults" and in "resolved"
+        record = {"name": self.args.name, "title": self.title, "settings": settings,
+                  "defaults": {key: json_value(value) for key, value in self.args.script_defaults.items()
+                               if key in settings},
+                  "resolved": resolved, "data": self.data, "model": self.model_info, "versions": hardware.versions()}
+        # As config.json holds it, plain values only (the checkpoints keep a copy, and load nothing but those).
+        return json.loads(json.dumps(record))
 
     def write_config(self) -> None:
         write_json(self.config_record(), self.dir / FILES.CONFIG)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 import cuda_graphs
 from hardware import DTYPES, is_main_process
-from utils import UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
+from utils import UsageError, UserError, batch_accuracy, load_checkpoint, read_json, save_checkpoint, write_json
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 
@@ -119,10 +119,14 @@ class TrainingInterrupted(KeyboardInterrupt):
 class Callback:
     """The training loop's extension points; override what a task needs.
 
-    on_train_start runs once per process before the first step (after --resume restored the state),
-    after_step after every optimisation step, after_validation once last.pt holds that validation.
+    on_resume runs once --resume has restored the state (training goes on or not): a file the callback keeps is
+    made to match last.pt. on_train_start runs once per process before the first step (after --resume restored
+    the state), after_step after every optimisation step, after_validation once last.pt holds that validation.
     state_dict / load_state_dict carry a callback's state through last.pt, so --resume continues it exactly.
     """
+
+    def on_resume(self, trainer: "Trainer") -> None:
+        pass
 
     def on_train_start(self, trainer: "Trainer") -> None:
         pass
@@ -578,13 +582,15 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader, val_loader, test_loader, config: TrainConfig,
                  run_dir, device, *, optimizer: torch.optim.Optimizer | None = None, lr_schedule=None,
                  loss_fn=None, predict=None, callbacks=(), settings: dict | None = None,
-                 folder: RunFolder | None = None, started: float | None = None, data: dict | None = None):
+                 folder: RunFolder | None = None, started: float | None = None, data: dict | None = None,
+                 record: dict | None = None):
         """`lr_schedule(step, total_steps)` gives the learning-rate factor of each step; `loss_fn` the
         training loss (cross-entropy by default); `predict(images)` the logits evaluation uses (the
         model's by default). `settings` (the script's resolved command line) is compared on --resume.
         `folder` (a RunFolder for run_dir) is told of each write and keeps the rules of what it held before.
         `data` identifies the data (source, split sizes, fingerprint): kept in the checkpoints, compared on
-        --resume.
+        --resume. `record` (the run folder's own record of the run: what config.json holds) is kept in both
+        checkpoints too, so that a lost or damaged config.json can be read back from them.
         """
         self.config, self.device, self.run_dir = config, torch.device(device), Path(run_dir)
         self.train_loader, self.val_loader, self.test_loader = train_loader, val_loader, test_loader
@@ -618,6 +624,7 @@ class Trainer:
         self.saved_step = None        # the step last.pt holds (None: no last.pt of this run yet)
         self._saving = False          # a validation's checkpoints are being written
         self.data = data or {}
+        self.record = record
         self.metrics = None           # fit()'s result
         self.clock = Stopwatch(started)
         self._interrupted = []        # signals received during train(), acted on between steps
@@ -649,7 +656,14 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), **self.state.state_dict(),
                 "callbacks": [callback.state_dict() for callback in self.callbacks], **self.clock.state_dict(),
                 "torch_rng": torch.get_rng_state(), "device_rng": device_rng_state(self.device),
-                "signature": self.signature, "data": self.data}
+                "signature": self.signature, "data": self.data, "record": self.record}
+
+    def _save_best(self, point: dict) -> None:
+        """best.pt: the weights as they are now, validated at `point` (the history's entry)."""
+        if self.is_main:
+            save_checkpoint({"model": self.model.state_dict(), "step": self.step, "validation": point,
+                             "signature": self.signature, "data": self.data, "record": self.record},
+                            self.run_dir / FILES.BEST)
 
     def save_last(self) -> None:
         self.folder.claim(self)
@@ -670,6 +684,9 @@ class Trainer:
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
         check_resumable(state, self.run_dir, self.signature, self.data, self.log)
+        problem = self.length_problem(state)
+        if problem:
+            raise UsageError(problem)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -683,6 +700,46 @@ class Trainer:
         self.saved_step = self.step
         self.log(f"resumed {self.run_dir} at step {self.step} (epoch {self.state.epoch}, "
                  f"best validation loss {self.state.best['loss']:.4f})")
+        self._rewrite_record()
+
+    def length_problem(self, state: dict) -> str | None:
+        """Why this run's length (epochs, max_steps, early_stop_count) would have ended the run that last.pt's
+        `state` holds before where it already is, if it would: a resume must never label a run with a length
+        it did not have."""
+        step, per_epoch, config = state["step"], self.steps_per_epoch, self.config
+        where = f"{self.run_dir} is at step {step} (epoch {step / per_epoch:.2f}) already"
+        if config.max_steps is not None and config.max_steps < step:
+            return f"{where}: --max-steps {config.max_steps} would end it before that; give --max-steps {step} or more"
+        if config.epochs * per_epoch < step:
+            return (f"{where}: --epochs {config.epochs} ({config.epochs * per_epoch} steps) would end it before that; "
+                    f"give --epochs {math.ceil(step / per_epoch)} or more")
+        before = [point for point in state["history"]["validation"] if point["step"] < step]
+        losses = [point["loss"] for point in before]
+        stops = [point["step"] for end, point in enumerate(before, 1)
+                 if should_early_stop(losses[:end], config.early_stop_count)]
+        if stops:
+            # The count must exceed every wait for a lower loss that the run sat through.
+            needed = 1 + max(i - min(range(i + 1), key=losses.__getitem__) for i in range(len(losses)))
+            return (f"{where}: --early-stop-count {config.early_stop_count} would have stopped it at step {stops[0]}; "
+                    f"give --early-stop-count {needed} or more")
+        return None
+
+    def _rewrite_record(self) -> None:
+        """What a resumed run keeps beside last.pt made to match it, whether it trains on or not: a process killed
+        between last.pt and history.json, or a damaged history.json or metrics.csv, leaves them behind it, and a
+        resume that does not validate again would never write them. A lost best.pt is written again where its
+        weights are last.pt's own (the best step is the last)."""
+        if self.is_main:
+            write_json(self.state.history, self.run_dir / FILES.HISTORY)
+            best = self.run_dir / FILES.BEST
+            if self.state.best["step"] == self.step and not best.exists():
+                point = next((p for p in self.state.history["validation"] if p["step"] == self.step),
+                             {"step": self.step, "loss": self.state.best["loss"]})
+                self._save_best(point)
+                self.log(f"{best} was missing: written again from {self.run_dir / FILES.LAST}, whose weights are the "
+                         f"best (step {self.step})")
+        for callback in self.callbacks:
+            callback.on_resume(self)
 
     # ---------------------------------------------------------------- training
 
@@ -714,10 +771,7 @@ class Trainer:
         if improved:
             self.folder.claim(self)
             self.folder.outdate(self, best=True)
-            if self.is_main:
-                save_checkpoint({"model": self.model.state_dict(), "step": self.step,
-                                 "validation": point, "signature": self.signature, "data": self.data},
-                                self.run_dir / FILES.BEST)
+            self._save_best(point)
         self.save_last()
         self._saving = False
         logging = self.clock.spent("checkpoints", saving)

@@ -82,7 +82,7 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_temporaries(path: Path) -> None:
+def remove_stale_temporaries(path: Path) -> None:
     """Temporary files of `path` left by a writer that was killed (SIGKILL, power loss) mid-write.
 
     The writer's process id is in the name, so a temporary of a writer still at work is left alone.
@@ -165,7 +165,7 @@ def atomic_writes(writes: dict) -> None:
         for path, write in writes.items():
             path = Path(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temporaries(path)
+            remove_stale_temporaries(path)
             fd, temporaries[path] = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
                                                      suffix=".tmp")
             with os.fdopen(fd, "wb") as handle:
@@ -241,7 +241,9 @@ def write_text(text: str, path: Path) -> None:
     atomic_write(path, lambda handle: handle.write(text.encode()))
 
 
-def read_json(path: Path):
+def read_json(path: Path, fix: str | None = "rerun the script that writes it"):
+    """The JSON in `path`; a file that is missing or not JSON is one UserError naming it (and `fix` for a damaged one,
+    where given)."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -250,7 +252,7 @@ def read_json(path: Path):
     except IsADirectoryError:
         raise UserError(f"{path} is a folder, not a JSON file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{path} is truncated or not valid JSON ({error}); rerun the script that writes it") from None
+        raise UserError(f"{path} is truncated or not valid JSON ({error})" + (f"; {fix}" if fix else "")) from None
 
 
 def check_writable(folder: Path) -> None:

@@ -38,15 +38,15 @@ def csv_row(trainer, point: dict, timed: bool = True) -> dict:
 class MetricsCSV(Callback):
     """metrics.csv: a row appended at every validation (`tail -f` it, or open it in a spreadsheet).
 
-    On --resume the file is made to match last.pt: rows past it are dropped (no duplicates), rows it
-    lacks are rebuilt from the history (without their timings).
+    On --resume the file is made to match last.pt, whether the run trains on or not: rows past it are dropped
+    (no duplicates), rows it lacks are rebuilt from the history (without their timings).
     """
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
-    def on_train_start(self, trainer) -> None:
-        if not trainer.is_main or not trainer.resumed:
+    def on_resume(self, trainer) -> None:
+        if not trainer.is_main:
             return
         kept = {}
         if self.path.exists():

@@ -334,9 +334,11 @@ def test_resume_on_other_data_is_refused(folder_data, finished, tmp_path, capsys
         assert code in (1, 2) and one_line_error(stderr), stderr
         assert "other data" in stderr or "--subset" in stderr
         assert tree(run_dir) == before
-    # The same through $CIFAR10_DIR, the run having been made with the default data folder.
+    # The same through $CIFAR10_DIR, the run having been made with the default data folder by an earlier version,
+    # whose config.json does not say which folder that was. (This version's record names it, and it is read.)
     config = utils.read_json(run_dir / "config.json")
     config["settings"]["data_dir"] = None
+    del config["resolved"]["data_dir"], config["resolved"]["data_dir_from"]
     utils.write_json(config, run_dir / "config.json")
     before = tree(run_dir)
     os.environ["CIFAR10_DIR"] = str(other)

@@ -173,7 +173,8 @@ def test_ctrl_c_or_sigterm_saves_and_exits_130(sig, folder_data, tmp_path):
 @pytest.mark.parametrize("entry, extra, code, says", [
     (task2.main, ["--lr", "0.01"], 2, "was made with --lr=0.05, not --lr=0.01; drop --lr"),  # before the data loads
     (task2.main, ["--batch-size", "32"], 2, "was made with --batch-size=16, not --batch-size=32"),
-    (task3_model1.main, [], 1, "cannot resume"),                                # another model: its checkpoint says
+    (task3_model1.main, [], 2, "holds a run of task2.py (its config.json says so), not of task3_model1.py"),
+    # (another script: its record says, before the data loads)
 ])
 def test_resume_with_other_settings_or_model_is_refused(entry, extra, code, says, folder_data, tmp_path,
                                                         uninterrupted, capsys):

@@ -238,7 +238,7 @@ def test_run_state_round_trip_and_a_malformed_one_refused(folder_data, tmp_path)
     saved = utils.load_checkpoint(tmp_path / "last.pt")
     assert set(saved) == {"model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "history", "best",
                           "callbacks", "train_seconds", "images_trained", "wall_seconds", "torch_rng", "device_rng",
-                          "signature", "data"}
+                          "signature", "data", "record"}  # record: config.json's copy, since issue 32
     loaded = RunState()
     loaded.load_state_dict(saved, early_stop_count=1)
     assert loaded.state_dict() == trainer.state.state_dict() and loaded.step == 5

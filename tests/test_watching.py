@@ -197,13 +197,14 @@ def test_evaluate_only_without_or_with_a_mismatched_checkpoint(folder_data, tiny
                                     "--lr", "0.3"], capsys)
     assert code == 2 and one_line_error(stderr) and "was made with --lr=0.05, not --lr=0.3" in stderr
     assert not (tiny / "evaluation.json").exists()
-    # Without its config.json the run's settings are unknown: the checkpoint's signature refuses them.
+    # Without its config.json the run's settings are read back from best.pt: refused the same way, saying so.
     import shutil
     shutil.copytree(tiny, tmp_path / "run")
     (tmp_path / "run" / "config.json").unlink()
     code, stderr = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only",
                                     "--lr", "0.3"], capsys)
-    assert code == 1 and one_line_error(stderr) and "cannot evaluate" in stderr and "lr: 0.05 -> 0.3" in stderr
+    assert code == 2 and one_line_error(stderr) and "was made with --lr=0.05, not --lr=0.3" in stderr
+    assert f"{tmp_path / 'run' / 'config.json'} does not exist" in stderr and "best.pt" in stderr
     assert not (tmp_path / "run" / "evaluation.json").exists()
 
 
