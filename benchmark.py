@@ -26,24 +26,25 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import cli  # noqa: E402
-import dataloaders  # noqa: E402
-import hardware  # noqa: E402
-from task2 import Task2Model  # noqa: E402
-from task3_model1 import Model1  # noqa: E402
-from trainer import TrainConfig, Trainer  # noqa: E402
-from utils import UserError, set_seed  # noqa: E402
+import cli
+import dataloaders
+import hardware
+from task2 import Task2Model
+from task3_model1 import Model1
+from settings import TrainConfig
+from trainer import Trainer
+from utils import UserError, set_seed
 
 MODELS = {"task2": Task2Model, "model1": Model1}
 BATCH_SIZE, LR = 64, 0.05
@@ -236,8 +237,8 @@ def main(argv=None):
     images, labels, source = load_images(args.data_dir, synthetic_count=10_000)
     print(f"device: {device} ({hardware.describe_device(device)}); torch {torch.__version__}")
     print(f"data: {source}; batch {BATCH_SIZE}; --precision auto -> {auto} ({why}), channels-last "
-          f"{'on' if hardware.uses_channels_last(auto, device) else 'off'}, CUDA graphs {'on' if graphs_on else 'off'}; "
-          f"{args.seconds:g} s per pipeline in {args.rounds} turns")
+          f"{'on' if hardware.uses_channels_last(auto, device) else 'off'}, "
+          f"CUDA graphs {'on' if graphs_on else 'off'}; {args.seconds:g} s per pipeline in {args.rounds} turns")
     peaks = {p: peak_matmul_flops(device, p) for p in sorted({"fp32", auto})}
     print("peak (large square matmul): " + ", ".join(f"{p} {v / 1e9:.0f} GFLOP/s" for p, v in peaks.items()))
     print(f"\n{'model':8s} {'pipeline':42s} {'images/s':>9s} {'GFLOP/s':>8s} {'of peak':>8s}")

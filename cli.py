@@ -4,8 +4,9 @@
     args = cli.parse(parser, argv)                           # refuses what cannot work, exit 2
     cli.for_each_seed(args, train)                           # one run, or one per --seeds value
 
-The hyperparameter flags are generated from trainer.TrainConfig's fields, the rest from the table
-below; a task overrides defaults with keyword arguments and adds its own flags to the parser.
+The hyperparameter flags are generated from settings.TrainConfig's fields, the rest declared in training_parser
+(each setting's role in settings.SHARED_FLAGS); a task overrides defaults with keyword arguments and adds its own
+flags to the parser.
 `main` turns errors into one line and an exit code: 2 for bad command-line input, 1 otherwise,
 130 after Ctrl-C; anything else is a bug and keeps its traceback.
 """
@@ -29,10 +30,14 @@ import torch.distributed as dist
 
 import dataloaders
 import hardware
+import run_folder
 import runs
 import startup
-from trainer import COMMAND, EXPERIMENT, FILES, HOW, ROLES, TrainConfig, TrainingInterrupted, role
-from utils import MAX_SEED, UsageError, UserError
+from run_folder import (EMPTY, FILES, FINISHED, PLOT_DIR, ROOT, UNFINISHED, read_record, run_dir_of, seed_run_dir,
+                        status)
+from settings import COMMAND, EXPERIMENT, HOW, LENGTH_SETTINGS, ROLES, TrainConfig, role
+from trainer import TrainingInterrupted
+from utils import MAX_SEED, UsageError, UserError, json_value
 
 # float32 holds magnitudes up to about 3.4e38; a larger learning rate would overflow inside torch.
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
@@ -95,16 +100,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
             return text
         if isinstance(default, (list, tuple)):
             default = " ".join(map(str, default))
-        elif isinstance(default, Path) and default.is_relative_to(runs.ROOT):  # plots, not /home/.../plots
-            default = default.relative_to(runs.ROOT)
+        elif isinstance(default, Path) and default.is_relative_to(ROOT):  # plots, not /home/.../plots
+            default = default.relative_to(ROOT)
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
-def _flag(group, flag: str, role: str = EXPERIMENT, **kwargs):
-    """group.add_argument, recording the setting's role (trainer.role) where the flag is declared."""
+def _flag(group, flag: str, **kwargs):
+    """group.add_argument for a shared flag, whose setting's role settings.SHARED_FLAGS (or TrainConfig) declares:
+    a shared flag without one would silently count as the experiment."""
     action = group.add_argument(flag, **kwargs)
-    if role != EXPERIMENT:
-        ROLES[action.dest] = role
+    if action.dest not in ROLES:
+        raise KeyError(f"{flag}: its setting {action.dest!r} has no role in settings.SHARED_FLAGS")
     return action
 
 
@@ -156,49 +162,48 @@ def training_parser(description: str, name: str, augment_help: str = AUGMENT_HEL
                                                metavar="N" if kind == "int" else None, help=meta["help"])
 
     data = groups["data"]
-    _flag(data, "--data-dir", role=HOW, help="CIFAR-10 folder: cifar-10-batches-py/, or train/ and test/ image "
+    _flag(data, "--data-dir", help="CIFAR-10 folder: cifar-10-batches-py/, or train/ and test/ image "
           "folders (default: $CIFAR10_DIR, else data/cifar10); downloaded there when missing")
-    data.add_argument("--seed", type=seed, default=0, help="seeds the model, the split and the augmentation")
-    data.add_argument("--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION,
-                      help="share of the training images held out for validation (a random draw fixed by --seed)")
-    data.add_argument("--augment", action=argparse.BooleanOptionalAction, default=False, help=augment_help)
+    _flag(data, "--seed", type=seed, default=0, help="seeds the model, the split and the augmentation")
+    _flag(data, "--validation-fraction", type=fraction, default=dataloaders.VALIDATION_FRACTION,
+          help="share of the training images held out for validation (a random draw fixed by --seed)")
+    _flag(data, "--augment", action=argparse.BooleanOptionalAction, default=False, help=augment_help)
 
     device = groups["device"]
-    _flag(device, "--device", role=HOW, default="auto",
+    _flag(device, "--device", default="auto",
           help="auto (CUDA, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps")
-    device.add_argument("--precision", choices=hardware.PRECISIONS, default="auto",
-                        help="auto: bf16 (or fp16) autocast where the hardware runs it fast, else fp32")
-    _flag(device, "--compile", role=HOW, action="store_true", help="compile the model with torch.compile")
-    device.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction,  # role: TrainConfig's
-                        default=cuda_graphs_off is None,
-                        help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: plain eager "
-                             "steps); " + (f"off unless asked: {cuda_graphs_off}" if cuda_graphs_off else
-                                           "on: this script's captured step has trained on a GPU (a capture that "
-                                           "fails goes on with eager steps)"))
-    _flag(device, "--deterministic", role=HOW, action="store_true",
+    _flag(device, "--precision", choices=hardware.PRECISIONS, default="auto",
+          help="auto: bf16 (or fp16) autocast where the hardware runs it fast, else fp32")
+    _flag(device, "--compile", action="store_true", help="compile the model with torch.compile")
+    _flag(device, "--cuda-graphs", action=argparse.BooleanOptionalAction, default=cuda_graphs_off is None,
+          help="on CUDA, replay each training step as one CUDA graph (--no-cuda-graphs: plain eager steps); "
+               + (f"off unless asked: {cuda_graphs_off}" if cuda_graphs_off else
+                  "on: this script's captured step has trained on a GPU (a capture that fails goes on with eager "
+                  "steps)"))
+    _flag(device, "--deterministic", action="store_true",
           help="bit-identical repeats on a GPU too: deterministic kernels, no cuDNN autotuning "
                "(slower; CPU runs are repeatable without it)")
 
     outputs = groups["outputs"]
-    _flag(outputs, "--run-dir", role=COMMAND, type=Path, default=None, help=f"the run's folder (default: runs/{name})")
-    _flag(outputs, "--plot-dir", role=HOW, type=Path, default=runs.PLOT_DIR, help="folder for the figure")
-    _flag(outputs, "--resume", role=COMMAND, action="store_true",
+    _flag(outputs, "--run-dir", type=Path, default=None, help=f"the run's folder (default: runs/{name})")
+    _flag(outputs, "--plot-dir", type=Path, default=PLOT_DIR, help="folder for the figure")
+    _flag(outputs, "--resume", action="store_true",
           help="continue the run in --run-dir, with the settings it was made with")
-    _flag(outputs, "--overwrite", role=COMMAND, action="store_true",
+    _flag(outputs, "--overwrite", action="store_true",
           help="start over in a --run-dir that holds a run (finished or not); its files are "
                "replaced when the new run saves its first checkpoint")
-    _flag(outputs, "--tensorboard", role=HOW, action="store_true",
+    _flag(outputs, "--tensorboard", action="store_true",
           help="also log to <run-dir>/tensorboard (needs: pip install tensorboard)")
 
     smoke = groups["smoke runs"]
-    smoke.add_argument("--subset", type=positive_int, default=None, metavar="N",
-                       help="use only the first N images of each split")
-    _flag(smoke, "--debug", role=COMMAND, action="store_true", help="show tracebacks")
+    _flag(smoke, "--subset", type=positive_int, default=None, metavar="N",
+          help="use only the first N images of each split")
+    _flag(smoke, "--debug", action="store_true", help="show tracebacks")
 
     seeds = groups["seeds and evaluation"]
-    _flag(seeds, "--seeds", role=COMMAND, type=seed, nargs="+", default=None, metavar="K",
+    _flag(seeds, "--seeds", type=seed, nargs="+", default=None, metavar="K",
           help="one run per seed, into <run-dir>-seed<K>, then mean and spread of the results")
-    _flag(seeds, "--evaluate-only", role=COMMAND, action="store_true",
+    _flag(seeds, "--evaluate-only", action="store_true",
           help="evaluate the best.pt of --run-dir on every split (writes only evaluation.json), "
                "on the data it was trained on, or on another --data-dir / --subset")
     parser.set_defaults(**defaults)
@@ -256,11 +261,11 @@ def _name_max(path: Path) -> int:
 
 def check_output_names(parser: argparse.ArgumentParser, args) -> None:
     """Refuse run and plot folders that no file system could create, before anything is created."""
-    base = runs.run_dir_of(args)
+    base = run_dir_of(args)
     if args.seeds and base.name in ("", ".", ".."):
         parser.error(f"--run-dir {base} has no folder name to add -seed{args.seeds[0]} to (--seeds makes one folder "
                      f"per seed beside it); name one, e.g. --run-dir runs/{args.name}")
-    run_dirs = [runs.seed_run_dir(base, seed) for seed in args.seeds] if args.seeds else [base]
+    run_dirs = [seed_run_dir(base, seed) for seed in args.seeds] if args.seeds else [base]
     for flag, folder in [*(("--run-dir", run_dir) for run_dir in run_dirs), ("--plot-dir", Path(args.plot_dir))]:
         limit = _name_max(folder)
         for name in folder.parts:
@@ -272,8 +277,6 @@ def check_output_names(parser: argparse.ArgumentParser, args) -> None:
 
 _NOT_GIVEN = object()
 _FLAGS: dict[str, dict[str, argparse.Action]] = {}  # script -> its flags by setting (set by parse)
-ROLES["flags_given"] = ROLES["script_defaults"] = ROLES["script"] = COMMAND  # (set by parse)
-ROLES["data_dir_from"] = COMMAND  # where a recorded data folder came from (set by recorded_settings)
 
 
 # ---------------------------------------------------------------- settings recorded in a run
@@ -281,17 +284,17 @@ ROLES["data_dir_from"] = COMMAND  # where a recorded data folder came from (set 
 
 def recorded_settings(args) -> argparse.Namespace:
     """--resume / --evaluate-only: the settings the run in its --run-dir was made with where the command line gives
-    none, from its record (runs.read_record: config.json, or where that is lost or damaged, the copy its checkpoints
-    keep), each checked as its flag checks it. A flag given that differs is refused by name, unless it may change:
-    what is not the experiment and its length (trainer.role), and for --evaluate-only the data evaluated
+    none, from its record (run_folder.read_record: config.json, or where that is lost or damaged, the copy its
+    checkpoints keep), each checked as its flag checks it. A flag given that differs is refused by name, unless it
+    may change: what is not the experiment and its length (settings.role), and for --evaluate-only the data evaluated
     (--data-dir, --subset). How the run is carried out (role HOW) is this command's: only the data folder is taken
     from the record, as the run first resolved it, never the figure folder, device or switches of a checkout that
     may have moved. Another script's run folder is refused by name."""
     if getattr(args, "flags_given", None) is None:
         return args
-    run_dir = runs.run_dir_of(args)
+    run_dir = run_dir_of(args)
     checkpoints = (FILES.BEST, FILES.LAST) if args.evaluate_only else (FILES.LAST, FILES.BEST)
-    record, path, whole, problem = runs.read_record(run_dir, checkpoints)
+    record, path, whole, problem = read_record(run_dir, checkpoints)
     recorded = record.get("settings", {})
     _refuse_another_script(args, record, path, run_dir)
     if problem:
@@ -309,13 +312,13 @@ def recorded_settings(args) -> argparse.Namespace:
                 value = _recorded_value(key, value, path, flags.get(key))
             except UserError:  # damaged there: the checkpoints' signature compares the value given
                 continue
-            if runs.json_value(getattr(args, key)) != runs.json_value(value):
+            if json_value(getattr(args, key)) != json_value(value):
                 flag = flag_of(key)
-                raise UsageError(f"{run_dir} was made with {flag}={runs.json_value(value)}, not "
-                                 f"{flag}={runs.json_value(getattr(args, key))}; drop {flag} to "
+                raise UsageError(f"{run_dir} was made with {flag}={json_value(value)}, not "
+                                 f"{flag}={json_value(getattr(args, key))}; drop {flag} to "
                                  f"{'evaluate' if args.evaluate_only else 'continue'} it as it was made, or start a "
                                  "new run with another --run-dir (or --overwrite)")
-    unknown = [key for key in runs.LENGTH_SETTINGS if key not in args.flags_given and key != "max_steps"]
+    unknown = [key for key in LENGTH_SETTINGS if key not in args.flags_given and key != "max_steps"]
     if not whole and args.resume and unknown:
         raise UserError(f"{problem}, and {path} (written by an earlier version) records the experiment but not the "
                         f"run's length: give {' '.join(f'{flag_of(key)} N' for key in unknown)} "
@@ -432,15 +435,15 @@ def for_each_seed(args, train):
     for value in args.seeds or [None]:
         one = copy.copy(args)
         if value is not None:
-            one.seed, one.seeds, one.run_dir = value, None, runs.seed_run_dir(runs.run_dir_of(args), value)
+            one.seed, one.seeds, one.run_dir = value, None, seed_run_dir(run_dir_of(args), value)
         planned.append(one)
-    held = {id(one): runs.status(runs.run_dir_of(one)) for one in planned}
-    if args.seeds and args.resume and any(state in ("finished", "unfinished") for state in held.values()):
+    held = {id(one): status(run_dir_of(one)) for one in planned}
+    if args.seeds and args.resume and any(state in (FINISHED, UNFINISHED) for state in held.values()):
         for one in planned:
-            one.resume = held[id(one)] != "empty"  # a seed the interrupted set never reached starts
+            one.resume = held[id(one)] != EMPTY  # a seed the interrupted set never reached starts
     if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 looks (the others would see its lock)
         for one in planned:  # also puts back a run an interrupted --overwrite had set aside: read it after
-            runs.check(runs.run_dir_of(one), one.resume, one.overwrite, one.evaluate_only, in_set=bool(args.seeds))
+            run_folder.check(run_dir_of(one), one.resume, one.overwrite, one.evaluate_only, in_set=bool(args.seeds))
     if args.resume or args.evaluate_only:
         recorded = {id(one): recorded_settings(one) for one in planned if one.resume or one.evaluate_only}
         like = next(iter(recorded.values()))  # the set's settings, for the seeds it never reached
@@ -528,5 +531,3 @@ def main(entry, argv=None) -> None:
         if argv is None:  # the command line's process: a Ctrl-C while Python shuts down is no traceback
             startup.quiet_ctrl_c("as it exited: what it reported above is done")
 
-
-training_parser("", "cli")  # records the shared flags' roles (ROLES) for code that builds no parser (report.py)

@@ -21,23 +21,23 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import argparse  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import shlex
+import sys
+from pathlib import Path
 
-import cli  # noqa: E402
-import report_answers  # noqa: E402
-import report_training  # noqa: E402
-import runs  # noqa: E402
-from report_figures import draw_all, visualisations  # noqa: E402
-from report_runs import BY_NAME, EXPERIMENTS, FINISHED, RUNS, not_real, read_all  # noqa: E402
-from report_sections import Report, document, finished_folders  # noqa: E402
-from task3_compare import task3_outputs  # noqa: E402
-from trainer import TrainingInterrupted  # noqa: E402
-from utils import UserError, check_writable, write_text  # noqa: E402
+import cli
+import report_answers
+import report_training
+from report_figures import draw_all, visualisations
+from report_runs import BY_NAME, EXPERIMENTS, FINISHED, RUNS, not_real, read_all
+from report_sections import Report, document, finished_folders
+from run_folder import PLOT_DIR, ROOT, RUNS_DIR
+from task3_compare import task3_outputs
+from trainer import TrainingInterrupted
+from utils import UserError, check_writable, write_text
 
-ANSWERS = runs.ROOT / "answers.md"
+ANSWERS = ROOT / "answers.md"
 
 
 def build(runs_dir: Path, plot_dir: Path, answers: report_answers.Answers, image: Path | None = None) -> Report:
@@ -88,9 +88,9 @@ def summary(report: Report, paths: tuple[Path, Path]) -> str:
 
 def main(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs-dir", type=Path, default=runs.RUNS_DIR,
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
                         help="folder holding one run directory per script (default: runs/)")
-    parser.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR,
+    parser.add_argument("--plot-dir", type=Path, default=PLOT_DIR,
                         help="where figures, report.md and report.html are written (default: plots/)")
     parser.add_argument("--answers", type=Path, default=ANSWERS,
                         help="your answers, a Markdown section per question; written with the headings when "
@@ -104,7 +104,7 @@ def main(argv=None):
         raise UserError(f"--runs-dir {args.runs_dir} is a file; it must be the folder that holds one run folder "
                         "per script (default: runs/)")
     # A fresh checkout has no runs/ yet: the report then lists every command to run.
-    if not args.runs_dir.is_dir() and args.runs_dir.resolve() != runs.RUNS_DIR.resolve() and not args.train_missing:
+    if not args.runs_dir.is_dir() and args.runs_dir.resolve() != RUNS_DIR.resolve() and not args.train_missing:
         raise UserError(f"no run directories: {args.runs_dir} does not exist; train first "
                         "(e.g. python task2.py) or point --runs-dir at the folder holding them")
     report_answers.check_answers_path(args.answers)

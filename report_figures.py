@@ -7,8 +7,8 @@ from pathlib import Path
 
 import figures
 import resnet
-import runs
 from report_runs import FINISHED
+from run_folder import caveats, marked
 from utils import UserError
 
 VISUALISATIONS = ("task4b", "task4c")
@@ -19,7 +19,7 @@ def draw(entry, item: dict, plot_dir: Path, drawn: dict) -> None:
     run, state = item["run"], item["state"]
     config, metrics = run["config"], run.get("metrics")
     title = config.get("title") or entry.title
-    notes = runs.caveats(config, state)
+    notes = caveats(config, state)
     if entry.figure:
         validations = run["history"]["validation"]
         if metrics:
@@ -27,7 +27,7 @@ def draw(entry, item: dict, plot_dir: Path, drawn: dict) -> None:
         else:
             heading = f"{title} (step {validations[-1]['step']})"
         drawn["curves"][entry.name] = figures.training_curves(
-            {title: run["history"]}, Path(plot_dir) / f"{entry.name}.png", title=runs.marked(heading, notes),
+            {title: run["history"]}, Path(plot_dir) / f"{entry.name}.png", title=marked(heading, notes),
             show_test=bool(config.get("settings", {}).get("track_test")),
             marks={title: figures.run_marks(metrics, run["history"])})
     confusion = (metrics or {}).get("test", {}).get("confusion")
@@ -35,7 +35,7 @@ def draw(entry, item: dict, plot_dir: Path, drawn: dict) -> None:
         classes = list(metrics["test"]["per_class_accuracy"])
         drawn["confusion"][entry.name] = figures.confusion_matrix(
             confusion, classes, Path(plot_dir) / f"{entry.name}_confusion.png",
-            title=runs.marked(f"{title}: test set", notes))
+            title=marked(f"{title}: test set", notes))
 
 
 def draw_all(entries, found: dict, plot_dir: Path) -> dict:

@@ -1,16 +1,19 @@
 """The runs the report is made of: their folders, the commands that make them, how long those take, and what
-each folder holds now, in one vocabulary (`STATES`) that the report, --train-missing and task3_compare.py share."""
+each folder holds now, in one vocabulary (`STATES`) that the report, --train-missing and task3_compare.py share:
+the run folder's own words (run_folder.status), and two for a run the report cannot use."""
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import runs
+from run_folder import (FINISHED, IN_PROGRESS, MOVING, ROOT, RUNS_DIR, UNFINISHED, caveats, is_being_trained, read_run,
+                        run_folders, status)
 from utils import UserError
 
-# What a run's folder holds, as the report says it.
-FINISHED, IN_PROGRESS, UNFINISHED, MISSING, BROKEN = "finished", "in progress", "unfinished", "missing", "broken"
+# What a run's folder holds, as the report says it: the run folder's words, and a run that is not there or that
+# cannot be read.
+MISSING, BROKEN = "missing", "broken"
 STATES = (FINISHED, IN_PROGRESS, UNFINISHED, MISSING, BROKEN)
 
 
@@ -76,9 +79,9 @@ BY_NAME = {entry.name: entry for entry in (*RUNS, *EXPERIMENTS)}
 def script_argv(entry: RunEntry, runs_dir: Path, *extra: str) -> list[str]:
     """The script and flags that make `entry`'s run in `runs_dir`, then `extra` (--resume, --data-dir ...)."""
     argv = shlex.split(entry.command)[1:]
-    if not entry.own_folder or Path(runs_dir).resolve() != runs.RUNS_DIR.resolve():
+    if not entry.own_folder or Path(runs_dir).resolve() != RUNS_DIR.resolve():
         folder = Path(runs_dir) / entry.name
-        argv += ["--run-dir", str(folder.relative_to(runs.ROOT) if folder.is_relative_to(runs.ROOT) else folder)]
+        argv += ["--run-dir", str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder)]
     return argv + list(extra)
 
 
@@ -120,26 +123,26 @@ def how_long(entry: RunEntry) -> str:
 
 def load(entry: RunEntry, runs_dir: Path):
     """(state, run data or None, message) of `entry`'s folder in `runs_dir`: a state of STATES, counted as
-    runs.status counts it (a finished run set aside by a killed --overwrite is finished)."""
+    run_folder.status counts it (a finished run set aside by a killed --overwrite is finished)."""
     folder = Path(runs_dir) / entry.name
     try:
-        held = runs.status(folder)
-        if held == "finished":
-            aside = runs.run_folders(folder)[0]
+        held = status(folder)
+        if held == FINISHED:
+            aside = run_folders(folder)[0]
             # An --overwrite stopped before its first checkpoint: the finished run is whole, (partly) set aside.
-            return FINISHED, runs.read_run(folder), "" if aside == folder else (
+            return FINISHED, read_run(folder), "" if aside == folder else (
                 f"{folder}: read from {aside.name}/, where an --overwrite that stopped before its first checkpoint "
-                f"left {'part of it' if aside.name == runs.MOVING else 'it'}; the next start of its script puts "
+                f"left {'part of it' if aside.name == MOVING else 'it'}; the next start of its script puts "
                 "it back")
-        if runs.is_being_trained(folder):
+        if is_being_trained(folder):
             state, message = IN_PROGRESS, f"{folder} is being trained right now (drawn as far as it got)"
-        elif held == "unfinished":
+        elif held == UNFINISHED:
             state = UNFINISHED
             message = f"{folder} is unfinished: continue it with `{command_for(entry, runs_dir, '--resume')}`"
         else:
             return MISSING, None, f"{folder} is missing: make it with `{command_for(entry, runs_dir)}`"
         try:
-            return state, runs.read_run(folder, finished=False), message
+            return state, read_run(folder, finished=False), message
         except UserError:  # nothing to draw yet (no validation, or written by an older version)
             return state, None, message
     except UserError as error:
@@ -156,8 +159,8 @@ def read_all(runs_dir: Path, entries=None) -> dict:
 
 
 def not_real(item: dict) -> list[str]:
-    """Why a run read by load() is not the real thing (runs.caveats of its settings and state); [] when it is."""
-    return runs.caveats(item["run"]["config"], item["state"]) if item.get("run") else []
+    """Why a run read by load() is not the real thing (run_folder.caveats of its settings and state); [] when it is."""
+    return caveats(item["run"]["config"], item["state"]) if item.get("run") else []
 
 
 def state_text(item: dict) -> str:

@@ -14,25 +14,25 @@ from pathlib import Path
 
 import figures
 import reference
-import runs
 from report_answers import QUESTIONS, Answers, has_text
 from report_document import Document
 from report_figures import VISUALISATIONS, title_of
 from report_layers import reference_form
 from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, MISSING, RUNS, UNFINISHED, command_for,
                          duration_text, how_long, not_real, state_text)
-from trainer import EXPERIMENT, FILES, LENGTH, role
+from run_folder import FILES, ROOT, caveats, marked, read_run
+from settings import EXPERIMENT, LENGTH, role
 
 SPLITS = ("train", "validation", "test")
 STATE_MARKS = {IN_PROGRESS: "still training", UNFINISHED: "unfinished"}
 SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping after",
                  "batch_size": "batch size", "weight_decay": "weight decay (L2)"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation", "test": "Test"}
-TASK3D_DOC = runs.ROOT / "docs" / "task3d.md"
+TASK3D_DOC = ROOT / "docs" / "task3d.md"
 
 
 def is_the_experiment(setting: str) -> bool:
-    """A setting that makes two runs different experiments (trainer.role), besides the seed, which --seeds
+    """A setting that makes two runs different experiments (settings.role), besides the seed, which --seeds
     varies, and the script's name, which the report shows on its own."""
     return role(setting) in (EXPERIMENT, LENGTH) and setting not in ("seed", "name")
 
@@ -62,7 +62,7 @@ class Report:
         figures and the runs appendix say it in full)."""
         item = self.found[name]
         short = state_text(item) if item["state"] == FINISHED else STATE_MARKS.get(item["state"], item["state"])
-        return runs.marked(text or BY_NAME[name].label, [short] if self.notes(name) else [])
+        return marked(text or BY_NAME[name].label, [short] if self.notes(name) else [])
 
     def sentence_mark(self, *names: str) -> str:
         """' (not the real result: Model 1: smoke run ...)' for a sentence drawn from these runs, else ''."""
@@ -138,7 +138,7 @@ def status_paragraph(doc: Document, report: Report, name: str) -> None:
 def curves(doc: Document, report: Report, name: str, number: int, caption: str) -> None:
     """Figure `number`: a run's training curves (as far as it got), marked when not the real thing."""
     if name in report.drawn["curves"]:
-        doc.figure(report.drawn["curves"][name], runs.marked(f"Figure {number}: {caption}", report.notes(name)))
+        doc.figure(report.drawn["curves"][name], marked(f"Figure {number}: {caption}", report.notes(name)))
 
 
 def split_table(doc: Document, report: Report, name: str) -> None:
@@ -403,7 +403,7 @@ def task3(doc: Document, report: Report, task3_messages: list[str]) -> None:
         doc.paragraph(f"Model 1 {'beats' if gap > 0 else 'trails'} Model 2 by {abs(gap):.1f} points of test accuracy "
                       f"(reference: Model 1 ahead by {theirs:.1f} points){report.sentence_mark(*models)}.")
         if any(str(comparison) in m for m in task3_messages):
-            doc.figure(comparison, runs.marked(f"Figure {figure_number('3b')}: Model 1 and Model 2, loss and accuracy",
+            doc.figure(comparison, marked(f"Figure {figure_number('3b')}: Model 1 and Model 2, loss and accuracy",
                                                [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in models
                                                 if report.notes(n)]))
     else:
@@ -426,7 +426,7 @@ def task3(doc: Document, report: Report, task3_messages: list[str]) -> None:
                       f"**{100 * (after - before):+.1f} points**{report.sentence_mark(*pair)}. The reference gives no "
                       f"accuracy before deepening; it says {quote(reference.DEEPENING_EFFECT)}.")
         if any(str(deepening) in m for m in task3_messages):
-            doc.figure(deepening, runs.marked(f"Figure {figure_number('3c')}: training, validation and test loss before and after deepening",
+            doc.figure(deepening, marked(f"Figure {figure_number('3c')}: training, validation and test loss before and after deepening",
                                               [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in pair
                                                if report.notes(n)]))
     elif report.found["task3c_before"]["state"] == FINISHED:
@@ -534,7 +534,7 @@ def appendix(doc: Document, report: Report) -> None:
         doc.heading(2, "Appendix: test-set confusion matrices", anchor="confusion")
         doc.group()
         for name, path in confusion:
-            doc.figure(path, runs.marked(f"Figure {number}: {BY_NAME[name].title}", report.notes(name)), size="half")
+            doc.figure(path, marked(f"Figure {number}: {BY_NAME[name].title}", report.notes(name)), size="half")
             number += 1
         doc.end_group()
         pairs = []
@@ -567,7 +567,7 @@ def appendix(doc: Document, report: Report) -> None:
         doc.table(["run", "folder", "data", "machine, precision", "torch", "not the real thing"],
                   [[BY_NAME[name].title, f"`{report.runs_dir.name}/{name}`", data_text(run["config"]),
                     machine(run["config"]), run["config"].get("versions", {}).get("torch", "?"),
-                    "; ".join(runs.caveats(run["config"])) or "no"] for name, run in report.loaded.items()])
+                    "; ".join(caveats(run["config"])) or "no"] for name, run in report.loaded.items()])
     extra = [(heading, text) for heading, text in report.answers.others if has_text(text)]
     if extra:
         doc.heading(2, "Further notes", anchor="notes")
@@ -601,8 +601,8 @@ def seed_groups(folders: dict) -> list[list[str]]:
             values = [run["metrics"][split]["accuracy"] for run in by_seed.values()]
             cells.append(f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}")
         losses = [run["metrics"]["test"]["loss"] for run in by_seed.values()]
-        notes = sorted({note for run in by_seed.values() for note in runs.caveats(run["config"])})
-        rows.append([runs.marked(entry.title if entry else str(name), notes), len(by_seed),
+        notes = sorted({note for run in by_seed.values() for note in caveats(run["config"])})
+        rows.append([marked(entry.title if entry else str(name), notes), len(by_seed),
                      ", ".join(map(str, by_seed)), *cells,
                      f"{statistics.fmean(losses):.3f} ± {statistics.stdev(losses):.3f}"])
     return rows
@@ -628,7 +628,7 @@ def other_runs(folders: dict, names) -> list[list[str]]:
             continue
         settings = run["config"].get("settings", {})
         rows.append([f"`{folder}`", BY_NAME[name].title if name in BY_NAME else name,
-                     runs.marked(differences(run), runs.caveats(run["config"])), settings.get("seed", "?"),
+                     marked(differences(run), caveats(run["config"])), settings.get("seed", "?"),
                      fmt(run["metrics"]["test"]["accuracy"]), fmt(run["metrics"]["test"]["loss"])])
     return rows
 
@@ -649,7 +649,7 @@ def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
                 folders[folder.name] = item["run"]
             continue
         try:
-            folders[folder.name] = runs.read_run(folder)
+            folders[folder.name] = read_run(folder)
         except UserError as error:
             problems.append(f"unusable: {error}")
     return folders, problems
@@ -660,7 +660,7 @@ def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
 def document(report: Report, task3_messages: list[str]) -> Document:
     """Every section, in the assignment's order."""
     hide = sorted({str(p) for p in (Path(report.runs_dir).resolve().parent, Path(report.runs_dir).parent,
-                                    Path(report.plot_dir).resolve(), runs.ROOT, Path.home())
+                                    Path(report.plot_dir).resolve(), ROOT, Path.home())
                    if str(p) not in ("", ".", os.sep)}, key=len, reverse=True)
     doc = Document(report.plot_dir, hide)
     front_matter(doc, report)

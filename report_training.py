@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import runs
 from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, KINDS, MISSING, RUNS, STATES,
                          UNFINISHED, command_for, duration_text, load, script_argv, seconds_on)
+from run_folder import ROOT, caveats
 from trainer import TrainingInterrupted
 
 
@@ -87,7 +87,7 @@ def plan(runs_dir: Path, data_dir: str | None, with_experiments: bool, skip=()) 
         state, run, message = load(entry, runs_dir)
         # What the default command changes (smoke flags, random weights...), not the data it is given: a run on
         # a copy of another size would be replaced by another such run, again and again.
-        notes = runs.caveats({**run["config"], "data": {}}) if run else []
+        notes = caveats({**run["config"], "data": {}}) if run else []
         if entry.name in skip:
             lines.append(f"skipped {entry.title} (--skip)")
         elif state == FINISHED and not notes:
@@ -110,7 +110,7 @@ def plan(runs_dir: Path, data_dir: str | None, with_experiments: bool, skip=()) 
 
 def train_one(argv: list[str]) -> int:
     """Run one task script as its own process (as from the shell); its exit code."""
-    process = subprocess.Popen([sys.executable, str(runs.ROOT / argv[0]), *argv[1:]], cwd=runs.ROOT)
+    process = subprocess.Popen([sys.executable, str(ROOT / argv[0]), *argv[1:]], cwd=ROOT)
     try:
         return process.wait()
     except KeyboardInterrupt:

@@ -22,7 +22,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 import dataloaders
 from cli import HelpFormatter, Parser
-from runs import PLOT_DIR, ROOT
+from run_folder import PLOT_DIR, ROOT
 from utils import UserError, cache_home, read_torch_file, require_file
 
 DEFAULT_IMAGE = Path("images") / "zebra.jpg"

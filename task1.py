@@ -21,16 +21,16 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import argparse  # noqa: E402
-import sys  # noqa: E402
+import argparse
+import sys
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import cli  # noqa: E402
-import reference  # noqa: E402
-import task2  # noqa: E402
+import cli
+import reference
+import task2
 
 # The assignment's image (Figure 1a) and the Laplacian kernel (Figure 1b); the kernel is symmetric
 # under a 180-degree turn, so convolution and cross-correlation give the same result here.
@@ -149,8 +149,8 @@ def answers() -> dict:
     pooled = output_size(nn.MaxPool2d(2, stride=2), after_conv)
     second = output_size(nn.Conv2d(1, 1, 3, bias=False), pooled)
     layers = layer_parameters(task2.Task2Model())
-    return {"1a": conv_out, "1b": shift_demonstration(), "1c": same_padding(5), "1d": kernel, "1e": pooled, "1f": second,
-            "1g": [count for _, _, count in layers], "1g_layers": layers}
+    return {"1a": conv_out, "1b": shift_demonstration(), "1c": same_padding(5), "1d": kernel, "1e": pooled,
+            "1f": second, "1g": [count for _, _, count in layers], "1g_layers": layers}
 
 
 def main(argv=None) -> int:
@@ -175,13 +175,15 @@ def main(argv=None) -> int:
           f"{changed['convolution']} of {values['convolution']} of a 3x3 convolution; over all "
           f"{everywhere['places']} places of the square, the pooled output stays the same in "
           f"{everywhere['pooled_identical']}")
-    print(f"1c  padding for 5x5, stride 1, same size:     {ours['1c']:4d}   reference {REFERENCE['1c']:4d}   {mark('1c')}")
-    print(f"1d  kernel size for 512x512 -> 504x504:        {ours['1d']:4d}   reference {REFERENCE['1d']:4d}   {mark('1d')}")
-    print(f"1e  after 2x2 max pooling, stride 2:           {ours['1e']:4d}   reference {REFERENCE['1e']:4d}   {mark('1e')}")
-    print(f"1f  after a 3x3 convolution, no padding:       {ours['1f']:4d}   reference {REFERENCE['1f']:4d}   {mark('1f')}")
+    for key, question in (("1c", "padding for 5x5, stride 1, same size:    "),
+                          ("1d", "kernel size for 512x512 -> 504x504:       "),
+                          ("1e", "after 2x2 max pooling, stride 2:          "),
+                          ("1f", "after a 3x3 convolution, no padding:      ")):
+        print(f"{key}  {question} {ours[key]:4d}   reference {REFERENCE[key]:4d}   {mark(key)}")
     print("1g  parameters of the Task 2 network (task2.Task2Model):")
     for (name, description, count), report in zip(ours["1g_layers"], REFERENCE["1g"] + [None] * 10):
-        print(f"      {name:22s} {description:28s} {count:8,d}   reference {report if report is None else f'{report:,}'}")
+        shown = report if report is None else f"{report:,}"
+        print(f"      {name:22s} {description:28s} {count:8,d}   reference {shown}")
     total, report_total = sum(ours["1g"]), sum(REFERENCE["1g"])
     print(f"      {'total':51s}{total:8,d}   reference {report_total:,}   {mark('1g')}")
     if mismatches:

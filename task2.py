@@ -2,7 +2,7 @@
 
 Three blocks of conv 5x5 (padding 2) + ReLU + max-pool 2x2 with 32, 64 and 128 filters,
 then a 64-unit fully connected layer and 10 outputs: 390,410 parameters.
-The recipe is the shared default (trainer.TrainConfig): SGD, learning rate 0.05, batch size 64,
+The recipe is the shared default (settings.TrainConfig): SGD, learning rate 0.05, batch size 64,
 at most 10 epochs, early stopping after 4 validations without improvement.
 Writes plots/task2.png and runs/task2/.
 """
@@ -11,10 +11,10 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-import cli  # noqa: E402
-from runs import Run  # noqa: E402
+import cli
+from runs import Run
 
 
 def conv_block(in_channels: int, out_channels: int) -> list:

@@ -10,14 +10,14 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import cli  # noqa: E402
-import figures  # noqa: E402
-import reference  # noqa: E402
-import runs  # noqa: E402
-from report_runs import BY_NAME, FINISHED, load, metrics_table  # noqa: E402
-from utils import UserError, write_text  # noqa: E402
+import cli
+import figures
+import reference
+from report_runs import BY_NAME, FINISHED, load, metrics_table
+from run_folder import PLOT_DIR, RUNS_DIR, caveats, marked
+from utils import UserError, write_text
 
 
 def load_runs(runs_dir: Path, names, read: dict) -> tuple[dict, list[str]]:
@@ -46,7 +46,7 @@ def data_names(models: dict) -> str:
 def table_markdown(models: dict) -> str:
     """Task 3b's table, ours beside the reference's losses and accuracies; runs that are not the real thing
     marked in their column."""
-    columns = {runs.marked(BY_NAME[name].label, runs.caveats(run["config"])): run["metrics"]
+    columns = {marked(BY_NAME[name].label, caveats(run["config"])): run["metrics"]
                for name, run in models.items()}
     given = "; ".join(f"{BY_NAME[name].label}: " + ", ".join(
         f"{split} {reference.result_text(name, split, 'loss')} / {reference.result_text(name, split)}"
@@ -67,7 +67,7 @@ def best_marks(models: dict, labels: dict | None = None) -> dict:
 
 def caveats_of(models: dict) -> list[str]:
     """What is not the real thing about any of the runs compared."""
-    return sorted({f"{BY_NAME[n].label}: {note}" for n, run in models.items() for note in runs.caveats(run["config"])})
+    return sorted({f"{BY_NAME[n].label}: {note}" for n, run in models.items() for note in caveats(run["config"])})
 
 
 def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) -> list[str]:
@@ -79,7 +79,7 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
     if len(models) == 2:
         figure = figures.training_curves({BY_NAME[n].label: run["history"] for n, run in models.items()},
                                          Path(plot_dir) / "task3_comparison.png", marks=best_marks(models),
-                                         title=runs.marked("Task 3b: Model 1 vs Model 2", caveats_of(models)))
+                                         title=marked("Task 3b: Model 1 vs Model 2", caveats_of(models)))
         table = table_markdown(models)
         table_path = Path(plot_dir) / "task3_table.md"
         write_text("# Task 3b\n\n" + table + "\n", table_path)
@@ -92,7 +92,7 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
         figure = figures.training_curves(
             {labels[n]: deepening[n]["history"] for n in labels}, Path(plot_dir) / "task3c_deepening.png",
             show_test=True, marks=best_marks(deepening, labels),
-            title=runs.marked(f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
+            title=marked(f"Task 3c: doubling the conv layers, test accuracy {before:.3f} -> {after:.3f} "
                               f"({100 * (after - before):+.1f} points)", caveats_of(deepening)))
         messages.append(f"wrote {figure}")
     return messages
@@ -100,9 +100,9 @@ def task3_outputs(runs_dir: Path, plot_dir: Path, loaded: dict | None = None) ->
 
 def main(argv=None):
     parser = cli.Parser(description=__doc__, formatter_class=cli.HelpFormatter)
-    parser.add_argument("--runs-dir", type=Path, default=runs.RUNS_DIR,
+    parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR,
                         help="folder holding task3_model1/, task3_model2/ and task3c_before/")
-    parser.add_argument("--plot-dir", type=Path, default=runs.PLOT_DIR, help="folder for the table and figures")
+    parser.add_argument("--plot-dir", type=Path, default=PLOT_DIR, help="folder for the table and figures")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     messages = task3_outputs(args.runs_dir, args.plot_dir)

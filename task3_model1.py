@@ -18,10 +18,10 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-import cli  # noqa: E402
-from runs import Run  # noqa: E402
+import cli
+from runs import Run
 
 # Activation functions Model 1 and Model 2 can switch between (--activation).
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh}
@@ -71,7 +71,8 @@ def train(args):
     deep = args.convs_per_stage == 2
     run = Run.start(args, title="Task 3 Model 1" if deep else "Task 3c before deepening")
     train_loader, val_loader, test_loader = run.load_cifar10()
-    trainer = run.trainer(Model1(args.convs_per_stage, args.activation, widths=args.widths), train_loader, val_loader, test_loader)
+    model = Model1(args.convs_per_stage, args.activation, widths=args.widths)
+    trainer = run.trainer(model, train_loader, val_loader, test_loader)
     run.fit(trainer)
     return run.finish(trainer)
 

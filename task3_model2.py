@@ -12,12 +12,12 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import cli  # noqa: E402
-from runs import Run  # noqa: E402
-from task3_model1 import ACTIVATIONS  # noqa: E402
+import cli
+from runs import Run
+from task3_model1 import ACTIVATIONS
 
 
 class Model2(nn.Module):

@@ -15,13 +15,13 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-import cli  # noqa: E402
-import dataloaders  # noqa: E402
-import resnet  # noqa: E402
-from runs import Run  # noqa: E402
-from utils import set_seed  # noqa: E402
+import cli
+import dataloaders
+import resnet
+from runs import Run
+from utils import set_seed
 
 RECIPE = dict(epochs=5, batch_size=32, lr=5e-4)
 # Offline, with random weights and small images: what the pieces do, not what they score (docs/task4.md).

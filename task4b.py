@@ -11,14 +11,14 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-import cli  # noqa: E402
-import figures  # noqa: E402
-import resnet  # noqa: E402
-from utils import check_writable  # noqa: E402
+import cli
+import figures
+import resnet
+from utils import check_writable
 
 DEFAULT_INDICES = (14, 26, 32, 49, 52)
 

@@ -10,16 +10,16 @@ import startup
 if __name__ == "__main__":
     startup.quiet_ctrl_c()
 
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+import math
+from pathlib import Path
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
 
-import cli  # noqa: E402
-import figures  # noqa: E402
-import resnet  # noqa: E402
-from utils import check_writable  # noqa: E402
+import cli
+import figures
+import resnet
+from utils import check_writable
 
 FEATURE_MAPS = 512
 

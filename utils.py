@@ -49,6 +49,14 @@ def batch_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------- where caches go
 
+def sum_in_order(values) -> float:
+    """Float64 sum, left to right (the same result on every machine for the same values)."""
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
 def cache_home() -> Path:
     """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache. The XDG spec counts an empty or relative
     value as unset (else a cache of hundreds of MB would land in whatever folder the script runs from)."""
@@ -235,6 +243,15 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 def write_json(data, path: Path) -> None:
     write_text(json.dumps(data, indent=2) + "\n", path)
+
+
+def json_value(value):
+    """A setting as JSON holds it: a path as text, a tuple as a list."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return value
 
 
 def write_text(text: str, path: Path) -> None:

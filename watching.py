@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import figures
-from trainer import FILES, Callback
+from run_folder import FILES
+from trainer import Callback
 from utils import WriteError, append_text, write_text
 
 CSV_COLUMNS = ("step", "epoch", "learning_rate", "train_loss", "validation_loss", "validation_accuracy",
@@ -80,7 +81,7 @@ LIVE = "in progress: step"  # in the live figure's title, which the file keeps (
 
 
 class LiveFigure(Callback):
-    """The run's figure (runs.figure_path) redrawn after validations, so that it can be opened while the run trains.
+    """The run's figure (run_folder.figure_path) redrawn after validations, to be opened while the run trains.
 
     Drawing takes about half a second, which would dominate a GPU run that validates several times a
     second, so after the first it is redrawn at most every `min_seconds`. The run redraws it at its end.
@@ -94,7 +95,8 @@ class LiveFigure(Callback):
         self.failing = False
 
     def after_validation(self, trainer, point: dict) -> None:
-        if not trainer.is_main or (self.drawn_at is not None and time.perf_counter() - self.drawn_at < self.min_seconds):
+        recently = self.drawn_at is not None and time.perf_counter() - self.drawn_at < self.min_seconds
+        if not trainer.is_main or recently:
             return
         try:
             figures.training_curves({self.title: trainer.state.history}, self.path, show_test=self.show_test,

@@ -20,11 +20,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import cli  # noqa: E402
-import dataloaders  # noqa: E402
-from dataloaders import CLASSES  # noqa: E402
-from trainer import TrainConfig, Trainer  # noqa: E402
-from utils import write_json  # noqa: E402
+import cli
+import dataloaders
+from dataloaders import CLASSES
+from settings import TrainConfig
+from trainer import Trainer
+from utils import write_json
 
 # Runs of the same seed are bit-identical on a CPU as they are; a GPU needs deterministic kernels for it.
 REPEATABLE = ["--deterministic"] if torch.cuda.is_available() else []

@@ -17,7 +17,8 @@ import hardware
 import task2
 import task3d
 from helpers import needs_cuda, one_line_error, outcome, run_script
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from trainer import Trainer
 
 
 # ---------------------------------------------------------------- auto, and what is refused

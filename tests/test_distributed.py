@@ -13,7 +13,8 @@ from helpers import ROOT
 import dataloaders
 from task2 import Task2Model
 from task3_model1 import Model1
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from trainer import Trainer
 from utils import load_checkpoint
 
 
@@ -102,7 +103,8 @@ import json, sys
 sys.path.insert(0, {root!r})
 import torch, torch.distributed as dist
 import dataloaders, hardware, task3d
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from trainer import Trainer
 rank, world, device = hardware.init_distributed("cpu")
 augmentation = dataloaders.Augmentation(flip="alternate", crop_padding=2, padding_mode="reflect")
 loaders = dataloaders.load_cifar10(16, data_dir={data!r}, augment=augmentation, rank=rank, world_size=world,

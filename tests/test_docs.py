@@ -61,6 +61,8 @@ def test_each_docs_page_starts_with_what_it_is_for(page):
 
 
 def test_the_readme_gives_the_command_ci_runs():
-    command = "python -m pip install -r requirements-test.txt && python -m pytest -q"
-    assert command in (ROOT / ".ci" / "run").read_text()
+    """.ci/run ends with the README's test command: install, the linter, the quick tests, then the slow ones."""
+    command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
     assert f"```bash\n{command}\n```" in README.read_text()
+    assert command.split(" && ") == ["python -m pip install -r requirements-test.txt", "python -m ruff check",
+                                     'python -m pytest -q -m "not slow"', "python -m pytest -q -m slow"]

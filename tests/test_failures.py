@@ -20,6 +20,7 @@ from PIL import Image
 import dataloaders
 import figures
 import watching
+import run_folder
 import runs
 import task2
 import task4b
@@ -326,7 +327,7 @@ def test_a_dead_peer_names_the_checkpoint_kept_or_the_previous_run_intact(saved,
     --overwrite, until this one saves)."""
 
     trainer = tiny_trainer(folder_data, tmp_path)
-    trainer.folder = runs.RunFiles(SimpleNamespace(dir=tmp_path), protect_previous=not saved)
+    trainer.folder = run_folder.RunFiles(SimpleNamespace(dir=tmp_path), protect_previous=not saved)
     utils.save_checkpoint({"step": 7}, tmp_path / "last.pt")           # this run's, or the previous run's
     trainer.folder.claimed = saved
     trainer.distributed = True
@@ -381,7 +382,7 @@ def test_a_full_plot_dir_warns_finishes_the_run_and_says_how_to_draw_the_figure(
     # the live figure: a warning, and training went on to the end
     assert stderr.count("warning: could not write the live figure") == 1
     assert f"{run_dir / 'last.pt'} holds step 5" in stderr and "training goes on" in stderr
-    assert runs.status(run_dir) == "finished" and utils.load_checkpoint(run_dir / "last.pt")["step"] == 12
+    assert run_folder.status(run_dir) == "finished" and utils.load_checkpoint(run_dir / "last.pt")["step"] == 12
     error = stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: could not write the figure {full_disk / 'plots' / 'task2.png'}: the disk is full")
     assert f"the run is finished, its results saved in {run_dir}" in error and "no figure is at" in error
@@ -417,7 +418,7 @@ def test_a_final_figure_that_cannot_be_written_keeps_the_live_one_and_says_so(fo
     assert b"in progress: step 5 of 12" in (plots / "task2.pdf").read_bytes()
     assert f"{plots / 'task2.png'} is still an earlier drawing (the live figure, drawn while it trained), titled " \
            f"'{title}'" in stderr
-    assert runs.status(run_dir) == "finished" and not list(plots.glob(".*.tmp"))
+    assert run_folder.status(run_dir) == "finished" and not list(plots.glob(".*.tmp"))
 
 
 def test_a_live_figure_that_fails_once_is_one_warning_and_the_run_ends_well(folder_data, tmp_path, capsys,
@@ -439,7 +440,7 @@ def test_a_seeds_set_goes_on_when_a_figure_cannot_be_written_and_ends_with_one_e
                      "--seeds", "0", "1")
     out, err = capsys.readouterr()
     assert code == 1 and one_line_error(err) and "over 2 seeds (0, 1)" in out and out.count("figure: not written") == 2
-    assert all(runs.status(tmp_path / f"run-seed{seed}") == "finished" for seed in (0, 1))
+    assert all(run_folder.status(tmp_path / f"run-seed{seed}") == "finished" for seed in (0, 1))
     assert "the runs are finished" in err and str(tmp_path / "run-seed1") in err
 
 

@@ -101,19 +101,51 @@ def test_a_reachable_max_steps_says_nothing(folder_data, tmp_path, capsys):
 
 
 def test_each_setting_has_one_role_that_decides_what_a_run_is_compared_on(monkeypatch, folder_data, tmp_path):
+    import settings as schema
     import trainer
     args = parser_of(task2, monkeypatch).parse_args([])
     args.flags_given = []
     settings = runs.run_settings(args)
     assert {"seed", "name", "validation_fraction", "augment", "subset"} <= set(settings)
-    assert not {"data_dir", "device", "compile", "run_dir", "plot_dir", "resume", "seeds", "flags_given"} & set(settings)
-    assert [trainer.role(k) for k in ("epochs", "max_steps", "cuda_graphs", "run_dir", "lr")] == [
-        trainer.LENGTH, trainer.LENGTH, trainer.HOW, trainer.COMMAND, trainer.EXPERIMENT]
-    config = trainer.TrainConfig(precision="fp32")
+    assert not {"data_dir", "device", "compile", "run_dir", "plot_dir", "resume", "seeds",
+                "flags_given"} & set(settings)
+    assert [schema.role(k) for k in ("epochs", "max_steps", "cuda_graphs", "compile", "run_dir", "lr")] == [
+        schema.LENGTH, schema.LENGTH, schema.HOW, schema.HOW, schema.COMMAND, schema.EXPERIMENT]
+    config = schema.TrainConfig(precision="fp32")
     signature = trainer.Trainer(torch.nn.Linear(2, 2), None, None, None, config, tmp_path, "cpu",
                                 settings=settings).signature
     assert {"lr", "batch_size", "precision", "seed", "model"} <= set(signature)
     assert not {"epochs", "max_steps", "early_stop_count", "cuda_graphs", "channels_last", "log_every"} & set(signature)
+
+
+# In a fresh process: a setting's role, and what runs.run_settings calls the experiment, before and after the
+# command line's module is imported (report.py reads runs without building a parser).
+ROLES_BEFORE_AND_AFTER_CLI = """
+import argparse, json, sys
+sys.path.insert(0, {root!r})
+import runs, settings
+names = ("device", "run_dir", "resume", "plot_dir", "flags_given", "data_dir_from", "compile", "seed")
+args = argparse.Namespace(device="cpu", run_dir="runs/x", resume=True, plot_dir="plots", flags_given=[], seed=3,
+                          data_dir_from="--data-dir", compile=False, lr=0.1)
+before = [settings.role(name) for name in names], runs.run_settings(args)
+import cli
+after = [settings.role(name) for name in names], runs.run_settings(args)
+print(json.dumps({{"before": before, "after": after}}))
+"""
+
+
+@pytest.mark.slow
+def test_a_settings_role_is_the_same_whatever_was_imported():
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+    done = subprocess.run([sys.executable, "-c", ROLES_BEFORE_AND_AFTER_CLI.format(root=str(ROOT))], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    seen = json.loads(done.stdout)
+    assert seen["before"] == seen["after"] == [["how", "command", "command", "how", "command", "command", "how",
+                                                "experiment"], {"seed": 3}]
 
 
 @pytest.mark.parametrize("module, default", [(task2, True), (task3_model1, True), (task3d, False)])

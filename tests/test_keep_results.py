@@ -17,11 +17,11 @@ import torch
 
 import dataloaders
 import resnet
-import runs
+import run_folder
 import task2
 import utils
 from helpers import ROOT, write_image_folders
-from runs import read_run
+from run_folder import read_run
 from helpers import ONE_THREAD, fail_at_step, one_line_error, outcome, seeds_args, snapshot, task2_args
 
 
@@ -31,7 +31,8 @@ def finished(folder_data, tmp_path_factory):
     base = tmp_path_factory.mktemp("finished")
     code = subprocess.run([sys.executable, str(ROOT / "task2.py"),
                            *map(str, task2_args(folder_data, base / "run", base / "plots"))],
-                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, **ONE_THREAD, "MPLBACKEND": "Agg"})
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **ONE_THREAD, "MPLBACKEND": "Agg"})
     assert code.returncode == 0, code.stderr
     return base
 
@@ -230,7 +231,7 @@ def test_overwrite_replaces_only_the_files_a_run_writes(folder_data, finished, t
     code, _ = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir, "--overwrite", "--lr", "0.01"), capsys)
     assert code == 0 and read_run(run_dir)["metrics"]["test"] != old["metrics"]["test"]
     assert (run_dir / "notes.txt").read_text() == "mine" and (run_dir / "mine" / "table.csv").read_text() == "1,2\n"
-    assert not (run_dir / "tensorboard").exists() and not (run_dir / runs.PREVIOUS).exists()
+    assert not (run_dir / "tensorboard").exists() and not (run_dir / run_folder.PREVIOUS).exists()
 
 
 def full_disk_at_first_best(monkeypatch):
@@ -305,7 +306,7 @@ def test_resumed_finished_run_is_unfinished_once_its_checkpoints_change(folder_d
     # evaluation.json described the old best.pt: it goes with it, and stays while best.pt does
     best_changed = utils.load_checkpoint(run_dir / "best.pt")["step"] > old_steps
     assert (run_dir / "evaluation.json").exists() != best_changed
-    assert runs.status(run_dir) == "unfinished"
+    assert run_folder.status(run_dir) == "unfinished"
     monkeypatch.undo()  # the interrupted run's lock, kept by the raised exception's traceback in this process
     gc.collect()        # (a real process has exited)
     code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, plot_dir), capsys)
@@ -405,9 +406,9 @@ def test_overwrite_sets_aside_the_figure_drawn_beside_the_run(tmp_path):
     checkpoints as a stale figure, and put back with the rest when the new run never saves."""
     for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt"):
         (tmp_path / name).write_text(name)
-    runs.set_aside(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == [runs.PREVIOUS, "notes.txt"]
-    runs.settle(tmp_path)  # no new last.pt: the previous run comes back whole
+    run_folder.set_aside(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [run_folder.PREVIOUS, "notes.txt"]
+    run_folder.settle(tmp_path)  # no new last.pt: the previous run comes back whole
     assert {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)} == {
         name: name for name in ("last.pt", "metrics.json", "curves.png", "curves.pdf", "notes.txt")}
 
@@ -428,8 +429,8 @@ def test_resume_draws_where_this_command_says_not_where_the_record_does(folder_d
 def test_resume_reads_the_settings_of_the_run_an_interrupted_overwrite_set_aside(folder_data, finished, tmp_path,
                                                                                  capsys):
     run_dir, plot_dir = copy_of(finished, tmp_path)
-    runs.set_aside(run_dir)  # an --overwrite --lr 0.01 killed after writing its config.json, before last.pt
-    config = utils.read_json(run_dir / runs.PREVIOUS / "config.json")
+    run_folder.set_aside(run_dir)  # an --overwrite --lr 0.01 killed after writing its config.json, before last.pt
+    config = utils.read_json(run_dir / run_folder.PREVIOUS / "config.json")
     config["settings"]["lr"] = 0.01
     utils.write_json(config, run_dir / "config.json")
     code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],

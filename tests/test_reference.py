@@ -1,7 +1,6 @@
 """Every fact the project shows as the reference report's (reference.py) is in the reference's text, under the
 question it is shown with, in the words or numbers shown; and the README shows no other."""
 import re
-from pathlib import Path
 
 import pytest
 

@@ -10,6 +10,7 @@ import report_layers
 import report_runs
 import report_sections
 import report_training
+import run_folder
 from helpers import fake_run, run_script
 from utils import UserError, write_json
 
@@ -131,10 +132,8 @@ def test_task4_visualisations_only_from_cached_weights(runs, tmp_path, monkeypat
 
 @pytest.mark.slow
 def test_run_in_progress_is_named(runs, tmp_path):
-    import runs as runs_module
-
     (runs / "task4a" / "history.json").write_text("{")  # being written: must not be read
-    lock = runs_module.lock(runs / "task4a")
+    lock = run_folder.lock(runs / "task4a")
     try:
         report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots")])
     finally:
@@ -159,7 +158,7 @@ def test_a_metrics_file_with_wrong_types_is_named_and_the_rest_is_produced(runs,
         report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     text = (plots / "report.md").read_text()
     assert f"runs/task3_model2/metrics.json is damaged: {expected}" in text
-    assert "| Task 2 | finished | 0.612 | 0.739 |" in text and (plots / "task2.png").exists()   # everything else is there
+    assert "| Task 2 | finished | 0.612 | 0.739 |" in text and (plots / "task2.png").exists()  # all else is there
 
 
 @pytest.mark.slow
@@ -233,7 +232,7 @@ def test_report_is_portable_self_contained_and_follows_the_assignment(runs, tmp_
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
     markdown, page = (plots / "report.md").read_text(), (plots / "report.html").read_text()
     for text in (markdown, page):
-        assert str(tmp_path) not in text and str(report.runs.ROOT) not in text and "/tmp/" not in text
+        assert str(tmp_path) not in text and str(run_folder.ROOT) not in text and "/tmp/" not in text
     for path in plots.iterdir():     # no file there (tables, figures' metadata) names a folder of this machine
         assert str(tmp_path).encode() not in path.read_bytes() and b"/data/" not in path.read_bytes(), path.name
     headings = [line.removeprefix("### ").split(":")[0] for line in markdown.splitlines() if line.startswith("### ")]
@@ -274,25 +273,21 @@ def test_runs_that_are_not_the_real_thing_say_so_in_rows(runs, tmp_path):
 
 
 def test_caveats_name_every_kind_of_not_real_run():
-    import runs as runs_module
-
     config = {"settings": {"weights": "none", "image_size": 64, "validation_fraction": 0.5, "epochs": 5},
               "defaults": {"image_size": 224, "validation_fraction": 0.1, "epochs": 5},
               "data": {"train_images": 100, "validation_images": 100, "test_images": 100}}
-    notes = runs_module.caveats(config, "unfinished")
+    notes = run_folder.caveats(config, "unfinished")
     assert notes == ["random weights (--weights none)", "image size 64 (recipe: 224)",
                      "validation fraction 0.5 (recipe: 0.1)", "not CIFAR-10's usual split (100 / 100 / 100 images)",
                      "stopped before its end (interrupted)"]
     full = {"settings": {"epochs": 10}, "defaults": {"epochs": 10},
             "data": {"train_images": 45000, "validation_images": 5000, "test_images": 10000}}
-    assert runs_module.caveats(full) == []
+    assert run_folder.caveats(full) == []
 
 
 @pytest.mark.slow
 def test_a_smoke_run_elsewhere_never_replaces_the_real_figure(folder_data, tmp_path):
-    import runs as runs_module
-
-    real = runs_module.PLOT_DIR / "task2.png"
+    real = run_folder.PLOT_DIR / "task2.png"
     before = real.read_bytes() if real.exists() else None
     run_dir = tmp_path / "task2-smoke"
     result = run_script("task2.py", "--data-dir", folder_data, "--subset", 200, "--max-steps", 6, "--batch-size", 16,
@@ -313,13 +308,11 @@ def test_a_smoke_run_elsewhere_never_replaces_the_real_figure(folder_data, tmp_p
 
 
 def test_figure_goes_to_plots_only_for_the_tasks_own_folder(tmp_path):
-    import runs as runs_module
-
-    assert runs_module.figure_path(runs_module.RUNS_DIR / "task2", "task2") == runs_module.PLOT_DIR / "task2.png"
-    assert runs_module.figure_path(tmp_path / "x", "task2") == tmp_path / "x" / "curves.png"
-    assert runs_module.figure_path(runs_module.RUNS_DIR / "task2-seed1", "task2") == \
-        runs_module.RUNS_DIR / "task2-seed1" / "curves.png"
-    assert runs_module.figure_path(tmp_path / "x", "task2", tmp_path / "p") == tmp_path / "p" / "task2.png"
+    assert run_folder.figure_path(run_folder.RUNS_DIR / "task2", "task2") == run_folder.PLOT_DIR / "task2.png"
+    assert run_folder.figure_path(tmp_path / "x", "task2") == tmp_path / "x" / "curves.png"
+    assert run_folder.figure_path(run_folder.RUNS_DIR / "task2-seed1", "task2") == \
+        run_folder.RUNS_DIR / "task2-seed1" / "curves.png"
+    assert run_folder.figure_path(tmp_path / "x", "task2", tmp_path / "p") == tmp_path / "p" / "task2.png"
 
 
 # ---------------------------------------------------------------- --train-missing
@@ -453,14 +446,12 @@ def with_classes(metrics: dict) -> dict:
     (lambda m: m.update(early_stopped="yes"), "early_stopped is not true or false"),
 ])
 def test_metrics_out_of_range_or_with_bad_class_tables_are_damaged(runs, damage, expected):
-    import runs as runs_module
-
     path = runs / "task2" / "metrics.json"
     metrics = json.loads(path.read_text())
     damage(metrics)
     path.write_text(json.dumps(metrics))           # NaN and Infinity as json writes them
     with pytest.raises(UserError, match=f"metrics.json is damaged: {expected}"):
-        runs_module.read_run(runs / "task2")
+        run_folder.read_run(runs / "task2")
 
 
 @pytest.mark.slow
@@ -540,8 +531,7 @@ def test_a_config_whose_defaults_or_model_is_not_an_object_is_named(runs, tmp_pa
 def test_a_run_set_aside_by_an_interrupted_overwrite_is_reported(runs, tmp_path):
     """--overwrite killed before its first checkpoint: the finished run waits in .previous-run/ until the
     next start of its script puts it back; the report reads it there, not "missing"."""
-    import runs as run_folders
-    run_folders.set_aside(runs / "task2")
+    run_folder.set_aside(runs / "task2")
     write_json({"name": "task2", "settings": {"lr": 0.01}}, runs / "task2" / "config.json")  # the new run's
     plots = tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots)])
@@ -553,8 +543,8 @@ def test_a_run_that_did_not_record_its_defaults_is_not_called_the_defaults():
     settings = {"lr": 0.01, "optimizer": "adam", "seed": 0}
     assert report_sections.differences({"config": {"settings": settings}}) == \
         "settings as in its config.json (defaults not recorded)"
-    assert report_sections.differences({"config": {"settings": settings, "defaults": {"lr": 0.05, "optimizer": "adam"}}}) \
-        == "--lr 0.01"
+    defaults = {"lr": 0.05, "optimizer": "adam"}
+    assert report_sections.differences({"config": {"settings": settings, "defaults": defaults}}) == "--lr 0.01"
 
 
 def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_are_drawn(tmp_path, monkeypatch):
@@ -576,7 +566,7 @@ def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_ar
         write_json({**json.loads((runs_dir / name / "metrics.json").read_text()), "early_stopped": True},
                    runs_dir / name / "metrics.json")
     task3_compare.task3_outputs(runs_dir, tmp_path / "plots")
-    item = {"run": report.runs.read_run(runs_dir / "task3_model1"), "state": "finished"}
+    item = {"run": run_folder.read_run(runs_dir / "task3_model1"), "state": "finished"}
     report_figures.draw(report_runs.BY_NAME["task3_model1"], item, tmp_path / "plots", {"curves": {}, "confusion": {}})
     assert drawn and all(mark == {"best": 40, "stopped": 40} for marks in drawn for mark in marks.values())
     assert sum(len(marks) for marks in drawn) == 5
@@ -585,17 +575,17 @@ def test_the_curves_mark_the_best_checkpoint_and_the_early_stop_wherever_they_ar
 @pytest.mark.parametrize("moved", [1, 3], ids=["config moved", "config-history-metrics moved"])
 def test_a_run_caught_mid_move_by_a_killed_overwrite_is_reported(tmp_path, moved):
     """--overwrite killed while moving the finished run aside (.previous-run.partial/, some files still in
-    place): the report reads the run the next start puts back, as runs.status counts it, not "missing"."""
+    place): the report reads the run the next start puts back, as run_folder.status counts it, not "missing"."""
     import os
-    import runs
+
     import task3_compare
     folder = fake_run(tmp_path, "task2", 0.6123, "Task 2")
-    (folder / runs.MOVING).mkdir()
-    for name in [name for name in runs.OUTPUTS if (folder / name).exists()][:moved]:  # set_aside's order
-        os.replace(folder / name, folder / runs.MOVING / name)
+    (folder / run_folder.MOVING).mkdir()
+    for name in [name for name in run_folder.OUTPUTS if (folder / name).exists()][:moved]:  # set_aside's order
+        os.replace(folder / name, folder / run_folder.MOVING / name)
     state, run, message = report_runs.load(report_runs.BY_NAME["task2"], tmp_path)
-    assert runs.status(folder) == "finished" and state == "finished", message
-    assert run["metrics"]["test"]["accuracy"] == 0.6123 and runs.MOVING in message
+    assert run_folder.status(folder) == "finished" and state == "finished", message
+    assert run["metrics"]["test"]["accuracy"] == 0.6123 and run_folder.MOVING in message
     found, missing = task3_compare.load_runs(tmp_path, ["task2"], {})  # Task 3's figures agree
     assert not missing and found["task2"]["metrics"] == run["metrics"]
 

@@ -14,13 +14,14 @@ import time
 import pytest
 import torch
 
-import runs
+import run_folder
 import task2
 import task3_model1
 from helpers import (ONE_THREAD, ROOT, TINY, fail_at_step, one_line_error, outcome, run_script, snapshot,
                      task2_args, tiny_trainer)
-from runs import read_run
-from trainer import TrainConfig, Trainer, TrainingDiverged
+from run_folder import read_run
+from settings import TrainConfig
+from trainer import Trainer, TrainingDiverged
 from utils import UserError, load_checkpoint, read_json, write_json
 
 # ---------------------------------------------------------------- invalid hyperparameters
@@ -279,7 +280,7 @@ def test_second_run_into_a_busy_run_dir_refuses(folder_data, tmp_path, capsys):
     (run_dir / "metrics.json").write_text("{}")
     # This test plays the first run, still writing. flock locks belong to an open file, so a
     # second open() conflicts even inside one process, exactly as a second process would.
-    lock = runs.lock(run_dir)
+    lock = run_folder.lock(run_dir)
     try:
         for extra in ([], ["--overwrite"], ["--resume"]):
             code, stderr = outcome(task2.main, task2_args(folder_data, run_dir, tmp_path / "plots", *extra),

@@ -22,7 +22,7 @@ import task2
 import task3_model2
 import utils
 from helpers import ONE_THREAD, ROOT, TINY, exit_code, one_line_error, outcome, task2_args
-from runs import read_run
+from run_folder import read_run
 
 
 def tree(folder):
@@ -160,6 +160,37 @@ def test_a_damaged_history_of_a_finished_run_is_rewritten_by_resume(damage, fini
     assert new["history"] == old["history"] == history_of_last(run_dir)
     assert new["metrics"]["test"] == old["metrics"]["test"]
     assert csv_steps(run_dir) == [point["step"] for point in old["history"]["validation"]]
+
+
+def files_as_they_are(folder):
+    """Every file under `folder`: its bytes and which file it is (a rewrite, even of the same bytes, is another)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_building_the_trainer_of_a_resumed_run_changes_no_file(finished, tmp_path, capsys, monkeypatch):
+    """run.trainer() only builds (as a Trainer's construction reads and writes nothing); run.fit(trainer) resumes:
+    the run's files change from there on."""
+    from runs import Run
+    run_dir, seen = copy_of(finished, tmp_path), {}
+
+    def train(args):
+        run = Run.start(args, title="Task 2")
+        loaders = run.load_cifar10()
+        seen["started"] = files_as_they_are(run_dir)
+        trainer = run.trainer(task2.Task2Model(), *loaders)
+        seen["built"] = files_as_they_are(run_dir)
+        run.fit(trainer)
+        seen["resumed_at"] = trainer.state.history["validation"][7]["step"] if trainer.resumed else None
+        return run.finish(trainer)
+    monkeypatch.setattr(task2, "train", train)
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+                           capsys)
+    assert code == 0, stderr
+    assert seen["built"] == seen["started"] and seen["resumed_at"] == 40
+    assert files_as_they_are(run_dir) != seen["built"] and read_run(run_dir)["metrics"]["steps"] == 50
+    assert stderr.index("resumed ") < stderr.index("Task 2: ")  # the lines a resume prints, in their order
 
 
 # ---------------------------------------------------------------- 17: the advice for a damaged file works

@@ -12,7 +12,8 @@ import hardware
 import task2
 from helpers import ROOT, exit_code, outcome, run_script, synthetic_images
 from hardware import resolve_precision
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from trainer import Trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

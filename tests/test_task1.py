@@ -1,5 +1,5 @@
-import pytest
 """Task 1: the theory answers come from computation and match the report."""
+import pytest
 import torch
 from torch import nn
 

@@ -1,7 +1,7 @@
-import pytest
 """Task 2 end to end: the model of the report and a tiny run of the real script."""
 import json
 
+import pytest
 import torch
 
 import task2

@@ -8,9 +8,9 @@ import torch
 import dataloaders
 import task3d
 from helpers import REPEATABLE, outcome, run_script
-from task3d import (END_FACTOR, START_FACTOR, WARMUP_FRACTION, FitWhitening, FreezeWhiteningBias, Task3dModel,
-                    WhiteningConv, lr_factor, predict_with_tta)
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from task3d import RECIPE, FitWhitening, FreezeWhiteningBias, Task3dModel, WhiteningConv, lr_factor, predict_with_tta
+from trainer import Trainer
 
 
 def expected_parameters(widths, depths, whiten=24, classes=10):
@@ -42,7 +42,8 @@ def test_model_shapes_and_parameter_count():
 
 def test_without_whitening_bias_no_gradient_reaches_the_first_layer():
     with_bias, without = Task3dModel((8, 16, 16)), Task3dModel((8, 16, 16), whitening_bias=False)
-    count = lambda model: sum(p.numel() for p in model.parameters())
+    def count(model):
+        return sum(p.numel() for p in model.parameters())
     assert count(with_bias) - count(without) == 24
     whitened = without.feature_extractor[:2](torch.randn(4, 3, 32, 32))
     # Nothing before the first 3x3 conv needs a gradient, so its backward skips the input gradient.
@@ -98,6 +99,31 @@ def test_whitening_bias_trains_for_its_steps_only_and_resumes_frozen():
     early = Task3dModel((8, 16, 16))
     FreezeWhiteningBias(early, epochs=1).on_train_start(FakeTrainer(total_steps=8, epochs=4))
     assert early.whitening.bias.requires_grad             # ... and one resumed before it still trains
+
+
+def test_the_bias_freeze_under_torchrun_keeps_the_compiled_network(tmp_path):
+    """The freeze makes the Trainer build its DDP wrapper again (DDP registered the old set of parameters that
+    train); with --compile, the network it builds is compiled again, not left eager for the rest of the run. A
+    one-process gloo group stands in for torchrun (no step is taken: compiling one would take long)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    try:
+        model = Task3dModel((8, 16, 16))
+        trainer = Trainer(model, None, None, None, TrainConfig(epochs=1, compile=True), tmp_path, "cpu")
+        freeze = FreezeWhiteningBias(model, epochs=1)
+        freeze.on_train_start(trainer)
+        before = trainer.network
+        trainer.state.step = 1                       # the last step of the bias's epoch
+        freeze.after_step(trainer)
+        assert not model.whitening.bias.requires_grad and trainer.network is not before   # built again
+        for network in (before, trainer.network):
+            assert isinstance(network, OptimizedModule)
+            assert isinstance(network._orig_mod, DistributedDataParallel) and network._orig_mod.module is model
+    finally:
+        torch.distributed.destroy_process_group()
+    assert list(tmp_path.iterdir()) == []           # (building the Trainer wrote nothing)
 
 
 def test_batch_norm_gets_a_weight_tensor(monkeypatch):
@@ -227,7 +253,7 @@ def test_muon_turns_the_filters_by_their_orthogonalised_momentum_and_leaves_the_
     config = TrainConfig(lr=0.1, momentum=0.9, weight_decay=0.01)
     muon = task3d.muon_optimizer(model, config, lr=0.03, momentum=0.8)
     filters, rest = (group["params"] for group in muon.param_groups)
-    assert len(filters) == sum(task3d.DEPTHS) and all(p.ndim == 4 for p in filters)  # not the frozen whitening
+    assert len(filters) == sum(RECIPE.depths) and all(p.ndim == 4 for p in filters)  # not the frozen whitening
     trained = {id(p) for p in filters + rest}
     assert id(model.classifier.weight) in {id(p) for p in rest} and id(model.whitening.weight) not in trained
     reference = copy.deepcopy(model)
@@ -281,19 +307,19 @@ def test_muon_takes_the_same_step_in_every_precision():
 
 def test_schedule_start_peak_end(folder_data, tmp_path):
     total = 100
-    peak = int(WARMUP_FRACTION * total)
-    assert lr_factor(0, total) == pytest.approx(START_FACTOR)
+    peak = int(RECIPE.warmup_fraction * total)
+    assert lr_factor(0, total) == pytest.approx(RECIPE.start_factor)
     assert lr_factor(peak, total) == pytest.approx(1.0)
-    assert lr_factor(total, total) == pytest.approx(END_FACTOR)
+    assert lr_factor(total, total) == pytest.approx(RECIPE.end_factor)
     # As the Trainer applies it: the rate of every step, recorded in the history.
     loaders = dataloaders.load_cifar10(16, data_dir=folder_data, download=False)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     trainer = Trainer(model, *loaders, TrainConfig(epochs=7, lr=0.5), tmp_path, "cpu", lr_schedule=lr_factor)
     trainer.train()
     seen = trainer.state.history["learning_rate"]["values"]
-    total, peak = trainer.total_steps, int(WARMUP_FRACTION * trainer.total_steps)
+    total, peak = trainer.total_steps, int(RECIPE.warmup_fraction * trainer.total_steps)
     assert len(seen) == total == 7 * 16 and trainer.state.history["learning_rate"]["steps"] == list(range(total))
-    assert seen[0] == pytest.approx(0.5 * START_FACTOR)
+    assert seen[0] == pytest.approx(0.5 * RECIPE.start_factor)
     assert max(seen) == pytest.approx(0.5) and seen.index(max(seen)) == peak
     assert seen[-1] == pytest.approx(0.5 * lr_factor(total - 1, total))
     assert all(a <= b for a, b in zip(seen[:peak], seen[1:peak + 1]))
@@ -327,8 +353,8 @@ def test_tiny_run_end_to_end_is_seeded(folder_data, tmp_path):
 
 @pytest.mark.slow
 def test_bad_label_smoothing_or_crop_padding_is_a_usage_error(folder_data, tmp_path, capsys):
-    code, err = outcome(task3d.main, ["--data-dir", folder_data, "--label-smoothing", "1.5", "--run-dir", tmp_path / "r"],
-                        capsys)
+    code, err = outcome(task3d.main, ["--data-dir", folder_data, "--label-smoothing", "1.5",
+                                      "--run-dir", tmp_path / "r"], capsys)
     assert code == 2 and "label-smoothing" in err
     code, err = outcome(task3d.main, ["--data-dir", folder_data, "--crop-padding", "32", "--run-dir", tmp_path / "r"],
                         capsys)

@@ -88,7 +88,8 @@ def test_imagenet_batch_transform_resizes_and_normalises():
 def tiny_run(folder_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("task4a")
     result = run_script("task4a.py", "--data-dir", folder_data, "--weights", "none", "--image-size", 32,
-                        "--subset", 64, "--batch-size", 16, "--max-steps", 3, "--run-dir", out / "run", "--plot-dir", out / "plots")
+                        "--subset", 64, "--batch-size", 16, "--max-steps", 3, "--run-dir", out / "run",
+                        "--plot-dir", out / "plots")
     return result, out
 
 

@@ -10,7 +10,9 @@ import dataloaders
 import figures
 import utils
 from task3d import Lookahead
-from trainer import RunState, TrainConfig, Trainer, final_evaluation, should_early_stop
+from checkpoint import RunState, should_early_stop
+from settings import TrainConfig
+from trainer import Trainer, final_evaluation
 from utils import UserError
 
 

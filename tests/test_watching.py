@@ -8,14 +8,15 @@ import torch
 
 import cli
 import dataloaders
-import runs
+import run_folder
 import watching
 import task2
 import task3d
 import utils
-from runs import read_run
+from run_folder import read_run
 from helpers import exit_code, fail_at_step, one_line_error, outcome, seeds_args, snapshot, task2_args
-from trainer import TrainConfig, Trainer
+from settings import TrainConfig
+from trainer import Trainer
 
 
 def rows(path):
@@ -147,7 +148,8 @@ def test_an_interrupted_seeds_set_is_completed_with_the_same_command_plus_resume
     assert exit_code(task2.main, *command) == 130
     monkeypatch.undo()
     seed0 = read_run(tmp_path / "run-seed0")["metrics"]
-    assert [runs.status(tmp_path / f"run-seed{seed}") for seed in (0, 1, 2)] == ["finished", "unfinished", "empty"]
+    held = [run_folder.status(tmp_path / f"run-seed{seed}") for seed in (0, 1, 2)]
+    assert held == [run_folder.FINISHED, run_folder.UNFINISHED, run_folder.EMPTY]
     capsys.readouterr()
     # the same command again is refused (exit 2), saying how to go on
     code, stderr = outcome(task2.main, command, capsys)
@@ -201,8 +203,8 @@ def test_evaluate_only_without_or_with_a_mismatched_checkpoint(folder_data, tiny
     import shutil
     shutil.copytree(tiny, tmp_path / "run")
     (tmp_path / "run" / "config.json").unlink()
-    code, stderr = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"), "--evaluate-only",
-                                    "--lr", "0.3"], capsys)
+    code, stderr = outcome(task2.main, [*task2_args(folder_data, tmp_path / "run", tmp_path / "plots"),
+                                        "--evaluate-only", "--lr", "0.3"], capsys)
     assert code == 2 and one_line_error(stderr) and "was made with --lr=0.05, not --lr=0.3" in stderr
     assert f"{tmp_path / 'run' / 'config.json'} does not exist" in stderr and "best.pt" in stderr
     assert not (tmp_path / "run" / "evaluation.json").exists()
