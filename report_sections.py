@@ -17,7 +17,7 @@ import reference
 import runs
 from report_answers import QUESTIONS, Answers, has_text
 from report_document import Document
-from report_figures import VISUALISATIONS, title_of
+from report_figures import VISUALISATIONS
 from report_layers import reference_form
 from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, MISSING, RUNS, UNFINISHED, command_for,
                          duration_text, how_long, not_real, state_text)
@@ -237,7 +237,7 @@ def front_matter(doc: Document, report: Report) -> None:
                      if report.found[name]["run"] and report.notes(name)]
     by_state = {state: [BY_NAME[name].title for name in assignment if report.found[name]["state"] == state]
                 for state in (MISSING, BROKEN)}
-    random_figures = [name for name, (png, _) in report.visuals.items() if png and "random weights" in title_of(png)]
+    random_figures = [name for name, (png, _) in report.visuals.items() if png and "random weights" in (figures.saved_title(png) or "")]
     parts = []
     if not_real_runs:
         parts.append(f"{len(not_real_runs)} run(s) are not the real thing, and their numbers are marked wherever they "
@@ -517,7 +517,7 @@ def task4(doc: Document, report: Report) -> None:
         figure, what = report.visuals[name]
         doc.paragraph(what)
         if figure:
-            title = title_of(figure)
+            title = figures.saved_title(figure) or ""
             if "random weights" in title:
                 doc.paragraph(f"**Not the real thing**: drawn with random weights; `python {name}.py` with the "
                               "ImageNet weights draws the real figure.")
