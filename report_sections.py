@@ -25,7 +25,7 @@ from trainer import EXPERIMENT, FILES, LENGTH, role
 
 SPLITS = ("train", "validation", "test")
 STATE_MARKS = {IN_PROGRESS: "still training", UNFINISHED: "unfinished"}
-SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping after",
+SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping patience (validations)",
                  "batch_size": "batch size", "weight_decay": "weight decay (L2)"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation", "test": "Test"}
 TASK3D_DOC = runs.ROOT / "docs" / "task3d.md"
@@ -195,16 +195,15 @@ def hyperparameters(doc: Document, report: Report, names: list[str], caption: st
     columns = {name: settings_rows(report.loaded[name]["config"]) for name in names if name in report.loaded}
     if not columns:
         return
-    given = {name: reference.HYPERPARAMETERS[name].value for name in names if name in reference.HYPERPARAMETERS}
+    given = {name: reference.HYPERPARAMETERS[name].value for name in columns if name in reference.HYPERPARAMETERS}
     keys = list(dict.fromkeys(k for rows in columns.values() for k in rows))
     header = ["setting", *(report.label(n, f"{BY_NAME[n].label} (ours)" if len(names) > 1 else "ours")
                            for n in columns)]
-    references = {}
-    if given:  # one reference column where the reference gives the same settings for every run shown
-        values = list({repr(v): v for v in given.values()}.values())
-        references = {("reference" if len(values) == 1 else f"{BY_NAME[n].label} (reference)"): given.get(n, {})
-                      for n in (names if len(values) > 1 else names[:1])}
-        header += list(references)
+    if len(given) == len(columns) and all(values == next(iter(given.values())) for values in given.values()):
+        references = {"reference": next(iter(given.values()))}  # the same for every run shown: one column
+    else:
+        references = {f"{BY_NAME[n].label} (reference)": values for n, values in given.items()}
+    header += list(references)
     rows = []
     for key in keys:
         row = [SETTING_NAMES.get(key, key.replace("_", " ")), *(value_text(columns[n].get(key, "-")) for n in columns)]
