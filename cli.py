@@ -481,11 +481,11 @@ def seed_summary(results: dict) -> str:
         lines = [f"\nover {len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± sample std, then each seed"]
     for split in ("train", "validation", "test"):
         for measure in ("loss", "accuracy"):
-            values = [results[s][split][measure] for s in seeds]
+            values, label = [results[s][split][measure] for s in seeds], f"{split} {measure}"
             if len(values) == 1:
-                lines.append(f"  {split} {measure:8s} {values[0]:.4f}")
+                lines.append(f"  {label:19s} {values[0]:.4f}")
                 continue
-            lines.append(f"  {split} {measure:8s} {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}   "
+            lines.append(f"  {label:19s} {statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}   "
                          + "  ".join(f"{v:.4f}" for v in values))
     return "\n".join(lines)
 

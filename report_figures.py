@@ -68,14 +68,3 @@ def visualisations(plot_dir: Path, image: Path | None = None) -> dict:
         except UserError as error:
             result[name] = (figure, f"Not redrawn ({error}); make it with `python {name}.py`{kept}.")
     return result
-
-
-def title_of(path: Path) -> str:
-    """The title figures.save wrote into a PNG ('' for a figure drawn by an older version)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return str(image.info.get("Title", ""))
-    except OSError:
-        return ""

@@ -16,7 +16,7 @@ import figures
 import reference
 from report_answers import QUESTIONS, Answers, has_text
 from report_document import Document
-from report_figures import VISUALISATIONS, title_of
+from report_figures import VISUALISATIONS
 from report_layers import reference_form
 from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, MISSING, RUNS, UNFINISHED, command_for,
                          duration_text, how_long, not_real, state_text)
@@ -25,7 +25,7 @@ from settings import EXPERIMENT, LENGTH, role
 
 SPLITS = ("train", "validation", "test")
 STATE_MARKS = {IN_PROGRESS: "still training", UNFINISHED: "unfinished"}
-SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping after",
+SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping patience (validations)",
                  "batch_size": "batch size", "weight_decay": "weight decay (L2)"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation", "test": "Test"}
 TASK3D_DOC = ROOT / "docs" / "task3d.md"
@@ -195,16 +195,15 @@ def hyperparameters(doc: Document, report: Report, names: list[str], caption: st
     columns = {name: settings_rows(report.loaded[name]["config"]) for name in names if name in report.loaded}
     if not columns:
         return
-    given = {name: reference.HYPERPARAMETERS[name].value for name in names if name in reference.HYPERPARAMETERS}
+    given = {name: reference.HYPERPARAMETERS[name].value for name in columns if name in reference.HYPERPARAMETERS}
     keys = list(dict.fromkeys(k for rows in columns.values() for k in rows))
     header = ["setting", *(report.label(n, f"{BY_NAME[n].label} (ours)" if len(names) > 1 else "ours")
                            for n in columns)]
-    references = {}
-    if given:  # one reference column where the reference gives the same settings for every run shown
-        values = list({repr(v): v for v in given.values()}.values())
-        references = {("reference" if len(values) == 1 else f"{BY_NAME[n].label} (reference)"): given.get(n, {})
-                      for n in (names if len(values) > 1 else names[:1])}
-        header += list(references)
+    if len(given) == len(columns) and all(values == next(iter(given.values())) for values in given.values()):
+        references = {"reference": next(iter(given.values()))}  # the same for every run shown: one column
+    else:
+        references = {f"{BY_NAME[n].label} (reference)": values for n, values in given.items()}
+    header += list(references)
     rows = []
     for key in keys:
         row = [SETTING_NAMES.get(key, key.replace("_", " ")), *(value_text(columns[n].get(key, "-")) for n in columns)]
@@ -237,7 +236,7 @@ def front_matter(doc: Document, report: Report) -> None:
                      if report.found[name]["run"] and report.notes(name)]
     by_state = {state: [BY_NAME[name].title for name in assignment if report.found[name]["state"] == state]
                 for state in (MISSING, BROKEN)}
-    random_figures = [name for name, (png, _) in report.visuals.items() if png and "random weights" in title_of(png)]
+    random_figures = [name for name, (png, _) in report.visuals.items() if png and "random weights" in (figures.saved_title(png) or "")]
     parts = []
     if not_real_runs:
         parts.append(f"{len(not_real_runs)} run(s) are not the real thing, and their numbers are marked wherever they "
@@ -517,7 +516,7 @@ def task4(doc: Document, report: Report) -> None:
         figure, what = report.visuals[name]
         doc.paragraph(what)
         if figure:
-            title = title_of(figure)
+            title = figures.saved_title(figure) or ""
             if "random weights" in title:
                 doc.paragraph(f"**Not the real thing**: drawn with random weights; `python {name}.py` with the "
                               "ImageNet weights draws the real figure.")

@@ -133,18 +133,17 @@ def train_missing(args, argv: list[str]) -> list[str]:
         return []
     kinds, where = machine_kinds()
     total, unknown = 0.0, False
-    print(f"will train {len(steps)} run(s), in this order (times for {where}, from the measurements in README.md):",
-          file=sys.stderr)
+    print(f"will train {len(steps)} run(s), in this order; the times are for machines like {where}, as README.md "
+          "measured them (yours may differ):", file=sys.stderr)
     for step in steps:
         seconds, kind = seconds_on(step.entry, kinds)
         total += seconds or 0
         unknown |= seconds is None
         cost = "? (not measured)" if seconds is None else \
-            f"~{duration_text(seconds)}{' (estimated)' if kind in step.entry.estimated else ''}"
+            f"~{duration_text(seconds)}{' estimated' if kind in step.entry.estimated else ''} on {KINDS[kind]}"
         print(f"  {step.action:8s} {step.entry.title} ({step.why}): python {shlex.join(step.argv)}   {cost}",
               file=sys.stderr)
-    print(f"in all about {duration_text(total)}{' plus the unmeasured ones' if unknown else ''} on {where} "
-          f"({KINDS[kinds[0]]} where measured)", file=sys.stderr)
+    print(f"in all about {duration_text(total)}{' plus the unmeasured ones' if unknown else ''}", file=sys.stderr)
     failed = []
     for step in steps:
         try:

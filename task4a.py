@@ -25,7 +25,7 @@ from utils import set_seed
 
 RECIPE = dict(epochs=5, batch_size=32, lr=5e-4)
 # Offline, with random weights and small images: what the pieces do, not what they score (docs/task4.md).
-SMOKE = ("--weights none --image-size 64 --subset 1000 --max-steps 20", "random weights, no download; about 30 s "
+SMOKE = ("--weights none --image-size 64 --subset 1000 --max-steps 20", "random weights, no download; about 10 s "
          "on a 2-core CPU")
 
 

@@ -345,8 +345,8 @@ def test_train_missing_trains_in_order_then_writes_the_report(runs, tmp_path, tr
     assert calls == [["task3d.py", "--run-dir", str(runs / "task3d"), "--data-dir", "DATA"],
                      ["task4a.py", "--run-dir", str(runs / "task4a"), "--resume", "--data-dir", "DATA"]]
     err = capsys.readouterr().err
-    assert "will train 2 run(s)" in err and "times for this CPU in bf16 (AVX512-BF16)" in err
-    assert "~14 min (estimated)" in err                        # Task 3d on a CPU with AVX512-BF16 and no AMX
+    assert "will train 2 run(s)" in err and "machines like this CPU in bf16 (AVX512-BF16)" in err
+    assert "~14 min estimated on a 2-core CPU with AVX512-BF16 (bf16)" in err    # Task 3d without AMX
     assert "Not run yet" not in (plots / "report.md").read_text()
 
 

@@ -130,14 +130,14 @@ def test_seed_summary_gives_mean_and_sample_std_and_every_value():
                                for split in ("train", "validation", "test")}
     text = cli.seed_summary({0: result(0.70), 1: result(0.72), 2: result(0.74)})
     assert "over 3 seeds (0, 1, 2)" in text
-    assert "test accuracy 0.7200 ± 0.0200   0.7000  0.7200  0.7400" in text
+    assert "  test accuracy       0.7200 ± 0.0200   0.7000  0.7200  0.7400" in text   # the columns aligned
 
 
 def test_one_seed_gives_its_values_and_no_spread():
     result = {split: {"loss": 1.0, "accuracy": 0.5} for split in ("train", "validation", "test")}
     text = cli.seed_summary({5: result})
     assert "nan" not in text and "±" not in text
-    assert "over 1 seed (5): a spread needs two or more seeds" in text and "test accuracy 0.5000" in text
+    assert "over 1 seed (5): a spread needs two or more seeds" in text and "test accuracy       0.5000" in text
 
 
 def test_an_interrupted_seeds_set_is_completed_with_the_same_command_plus_resume(folder_data, tmp_path, capsys,
