@@ -68,9 +68,9 @@ RESULTS = {
 DEEPENED = Fact("3c", "a little over 80%", ("By applying twice as many layers we got a test accuracy of a little "
                                             "over 80%",))
 DEEPENING_EFFECT = Fact("3c", "The things that had the greatest effect on our network was to make it deeper")
-BEST_MODEL = Fact("3d", "We applied even more depth to our model, and also increased the amount of filters at the final "
-                        "layers. This had a small improvement on the network, and seemed to be more consistent than "
-                        "before")
+BEST_MODEL = Fact("3d", "We applied even more depth to our model, and also increased the amount of filters at the "
+                        "final layers. This had a small improvement on the network, and seemed to be more consistent "
+                        "than before")
 # Task 3c's other experiments: what the reference found for each (by report_runs' experiment names).
 EXPERIMENTS = {
     "activation": Fact("3c", "did not find any that were an improvement to ReLU"),
@@ -127,8 +127,9 @@ LAST_LAYER_MAPS = Fact("4c", 10, ("the activations of the ten first filters from
 
 # The reference's figure numbers, by question (its 4c figure is numbered 7 again: ours is 8, and says so).
 FIGURES = {"1a": Fact("1a", 1, ("Figure 1a: Image I", "Figure 1b: Kernel K", "Figure 1c: Image I after the")),
-           "2a": Fact("2a", 2, ("Figure 2:",)), "3b": Fact("3b", 3, ("Figure 3:",)), "3c": Fact("3c", 4, ("Figure 4:",)),
-           "3d": Fact("3d", 5, ("Figure 5:",)), "4a": Fact("4a", 6, ("Figure 6:",)), "4b": Fact("4b", 7, ("Figure 7:",)),
+           "2a": Fact("2a", 2, ("Figure 2:",)), "3b": Fact("3b", 3, ("Figure 3:",)),
+           "3c": Fact("3c", 4, ("Figure 4:",)), "3d": Fact("3d", 5, ("Figure 5:",)),
+           "4a": Fact("4a", 6, ("Figure 6:",)), "4b": Fact("4b", 7, ("Figure 7:",)),
            "4c": Fact("4c", 7, ("Figure 7:",))}
 FIRST_EXTRA_FIGURE = 9  # ours after the reference's (4c's is 8)
 

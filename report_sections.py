@@ -25,8 +25,9 @@ from settings import EXPERIMENT, LENGTH, role
 
 SPLITS = ("train", "validation", "test")
 STATE_MARKS = {IN_PROGRESS: "still training", UNFINISHED: "unfinished"}
-SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)", "early_stop_count": "early stopping patience (validations)",
-                 "batch_size": "batch size", "weight_decay": "weight decay (L2)"}
+SETTING_NAMES = {"lr": "learning rate", "epochs": "epochs (at most)",
+                 "early_stop_count": "early stopping patience (validations)", "batch_size": "batch size",
+                 "weight_decay": "weight decay (L2)"}
 SPLIT_NAMES = {"train": "Training", "validation": "Validation", "test": "Test"}
 TASK3D_DOC = ROOT / "docs" / "task3d.md"
 
@@ -236,7 +237,8 @@ def front_matter(doc: Document, report: Report) -> None:
                      if report.found[name]["run"] and report.notes(name)]
     by_state = {state: [BY_NAME[name].title for name in assignment if report.found[name]["state"] == state]
                 for state in (MISSING, BROKEN)}
-    random_figures = [name for name, (png, _) in report.visuals.items() if png and "random weights" in (figures.saved_title(png) or "")]
+    random_figures = [name for name, (png, _) in report.visuals.items()
+                      if png and "random weights" in (figures.saved_title(png) or "")]
     parts = []
     if not_real_runs:
         parts.append(f"{len(not_real_runs)} run(s) are not the real thing, and their numbers are marked wherever they "
@@ -315,9 +317,9 @@ def task1(doc: Document, report: Report) -> None:
     matrix_table(doc, demo["pooled_shifted"], "max pooling of the shifted image")
     doc.end_group()
     doc.paragraph(f"Over all {everywhere['places']} places of the square, the pooled output stays the same in "
-                  f"{everywhere['pooled_identical']} and keeps {everywhere['pooled_kept']:.0%} of its values on average, "
-                  f"the convolution's {everywhere['convolved_kept']:.0%}: max pooling answers a small shift almost as "
-                  f"it answers the original. Reference: {quote(reference.MAX_POOLING)}.")
+                  f"{everywhere['pooled_identical']} and keeps {everywhere['pooled_kept']:.0%} of its values on "
+                  f"average, the convolution's {everywhere['convolved_kept']:.0%}: max pooling answers a small shift "
+                  f"almost as it answers the original. Reference: {quote(reference.MAX_POOLING)}.")
     answer(doc, report, "1b")
 
     asked = {"1c": "padding that keeps a 32x32 input's size with a 5x5 kernel, stride 1",
@@ -349,7 +351,8 @@ def task2(doc: Document, report: Report) -> None:
     question(doc, "2a")
     if report.found["task2"]["state"] != FINISHED:
         status_paragraph(doc, report, "task2")
-    curves(doc, report, "task2", figure_number("2a"), "Task 2, loss and accuracy (the star marks the checkpoint the tables show)")
+    curves(doc, report, "task2", figure_number("2a"),
+           "Task 2, loss and accuracy (the star marks the checkpoint the tables show)")
     if "task2" in report.loaded:
         config = report.loaded["task2"]["config"]
         layer_table(doc, config, caption="The network")
@@ -403,8 +406,8 @@ def task3(doc: Document, report: Report, task3_messages: list[str]) -> None:
                       f"(reference: Model 1 ahead by {theirs:.1f} points){report.sentence_mark(*models)}.")
         if any(str(comparison) in m for m in task3_messages):
             doc.figure(comparison, marked(f"Figure {figure_number('3b')}: Model 1 and Model 2, loss and accuracy",
-                                               [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in models
-                                                if report.notes(n)]))
+                                          [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in models
+                                           if report.notes(n)]))
     else:
         doc.paragraph("Needs both models (3a).")
     answer(doc, report, "3b")
@@ -425,9 +428,10 @@ def task3(doc: Document, report: Report, task3_messages: list[str]) -> None:
                       f"**{100 * (after - before):+.1f} points**{report.sentence_mark(*pair)}. The reference gives no "
                       f"accuracy before deepening; it says {quote(reference.DEEPENING_EFFECT)}.")
         if any(str(deepening) in m for m in task3_messages):
-            doc.figure(deepening, marked(f"Figure {figure_number('3c')}: training, validation and test loss before and after deepening",
-                                              [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in pair
-                                               if report.notes(n)]))
+            doc.figure(deepening, marked(f"Figure {figure_number('3c')}: training, validation and test loss before "
+                                         "and after deepening",
+                                         [f"{BY_NAME[n].label}: {'; '.join(report.notes(n))}" for n in pair
+                                          if report.notes(n)]))
     elif report.found["task3c_before"]["state"] == FINISHED:
         doc.paragraph("The comparison also needs Task 3 Model 1 (3a).")
     experiments(doc, report)
@@ -506,10 +510,12 @@ def task4(doc: Document, report: Report) -> None:
     if "task4a" in report.loaded:
         split_table(doc, report, "task4a")
     answer(doc, report, "4a")
-    captions = {"task4b": (figure_number("4b"), "4b", f"the first convolution's filters {reference.FILTER_INDICES.value} (the ones the "
-                                    "reference chose) and their activations on the photo"),
-                "task4c": (figure_number("4c"), "4c", f"the first {reference.LAST_LAYER_MAPS.value} activation maps of the last "
-                                    "convolutional stage (the reference numbers this figure 7 too)")}
+    captions = {"task4b": (figure_number("4b"), "4b",
+                           f"the first convolution's filters {reference.FILTER_INDICES.value} (the ones the reference "
+                           "chose) and their activations on the photo"),
+                "task4c": (figure_number("4c"), "4c",
+                           f"the first {reference.LAST_LAYER_MAPS.value} activation maps of the last convolutional "
+                           "stage (the reference numbers this figure 7 too)")}
     for name in VISUALISATIONS:
         number, key, caption = captions[name]
         question(doc, key)
