@@ -378,8 +378,12 @@ class RunFiles(RunFolder):
         return self.claimed or not self.protect_previous
 
     def before_first_save(self, trainer) -> None:
-        if self.run.args.evaluate_only:  # a script that called trainer.fit() where run.fit(trainer) belongs
+        # A script that called trainer.fit() where run.fit(trainer) belongs (which resumes, or only evaluates):
+        if self.run.args.evaluate_only:
             raise UserError("--evaluate-only changes no run: the script must call run.fit(trainer)")
+        if self.run.args.resume:  # not resumed (a resumed run's folder is claimed already): it would start over
+            raise UserError("--resume continues the run in run.fit(trainer): the script must call it, not "
+                            "trainer.fit()")
         if trainer.is_main:
             set_aside(self.path)
             self.run.write_config()

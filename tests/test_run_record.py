@@ -193,6 +193,24 @@ def test_building_the_trainer_of_a_resumed_run_changes_no_file(finished, tmp_pat
     assert stderr.index("resumed ") < stderr.index("Task 2: ")  # the lines a resume prints, in their order
 
 
+@pytest.mark.slow
+def test_a_script_that_trains_without_run_fit_never_starts_a_resumed_run_over(finished, tmp_path, capsys,
+                                                                              monkeypatch):
+    from runs import Run
+    run_dir = copy_of(finished, tmp_path)
+    before = tree(run_dir)
+
+    def train(args):
+        run = Run.start(args, title="Task 2")
+        trainer = run.trainer(task2.Task2Model(), *run.load_cifar10())
+        trainer.fit()                                    # where run.fit(trainer) belongs
+    monkeypatch.setattr(task2, "train", train)
+    code, stderr = outcome(task2.main, ["--run-dir", run_dir, "--resume", "--epochs", "5", "--early-stop-count", "9"],
+                           capsys)
+    assert code == 1 and one_line_error(stderr) and "the script must call it, not trainer.fit()" in stderr
+    assert tree(run_dir) == before
+
+
 # ---------------------------------------------------------------- 17: the advice for a damaged file works
 
 @pytest.mark.slow
