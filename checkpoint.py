@@ -149,22 +149,29 @@ def model_signature(model: nn.Module) -> str:
     return hashlib.sha1(repr((type(model).__name__, shapes)).encode()).hexdigest()[:16]
 
 
-def check_signature(state: dict, signature: dict, path: Path, action: str, may_differ=()) -> None:
+def check_signature(state: dict, signature: dict, path: Path, action: str, may_differ=(), defaults=None) -> None:
     """Refuse to `action` the checkpoint `state` (at `path`) when it was trained with other settings than
-    `signature`, besides those that `may_differ`."""
-    saved = state.get("signature", {})
-    changed = sorted(k for k in set(saved) | set(signature) if k not in may_differ and saved.get(k) != signature.get(k))
+    `signature`, besides those that `may_differ`. A setting its script has gained since the checkpoint was
+    written (absent from it) counts as trained with its default (`defaults`: the script's)."""
+    saved, defaults = state.get("signature", {}), defaults or {}
+
+    def differs(key) -> bool:
+        if key not in saved and key in defaults:
+            return signature.get(key) != defaults[key]
+        return saved.get(key) != signature.get(key)
+    changed = sorted(k for k in set(saved) | set(signature) if k not in may_differ and differs(k))
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {signature.get(k)!r}" for k in changed[:4])
         raise UserError(f"cannot {action} {path}: it was trained with other settings ({details}); "
                         "use the same settings, another --run-dir, or --overwrite to start over")
 
 
-def check_resumable(state: dict, run_dir: Path, signature: dict, data: dict, log) -> None:
-    """Refuse to resume the last.pt `state` of run_dir with other settings (`signature`) or other data than
-    it was trained with, or when the best weights it names are lost; `log` a new place of the same data."""
+def check_resumable(state: dict, run_dir: Path, signature: dict, data: dict, log, defaults=None) -> None:
+    """Refuse to resume the last.pt `state` of run_dir with other settings (`signature`; `defaults`: the script's,
+    see check_signature) or other data than it was trained with, or when the best weights it names are lost;
+    `log` a new place of the same data."""
     path, best = run_dir / FILES.LAST, run_dir / FILES.BEST
-    check_signature(state, signature, path, "resume")
+    check_signature(state, signature, path, "resume", defaults=defaults)
     saved_data = state.get("data") or {}
     if data and saved_data and saved_data.get("fingerprint") != data.get("fingerprint"):
         raise UserError(f"cannot resume {path}: it was trained on other data ({describe_data(saved_data)}; "
@@ -176,7 +183,7 @@ def check_resumable(state: dict, run_dir: Path, signature: dict, data: dict, log
         raise UserError(f"{best} is missing: the best weights (step {state['best']['step']}) of this run "
                         "are lost; start over with --overwrite, or evaluate the last weights elsewhere")
     if best.exists():  # the final evaluation reads it, perhaps only after hours (or, at the best step, never)
-        check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), signature, best, "resume")
+        check_signature(load_own_checkpoint(best, BEST_CHECKPOINT), signature, best, "resume", defaults=defaults)
 
 
 def length_problem(state: dict, config, steps_per_epoch: int, run_dir: Path) -> str | None:

@@ -142,6 +142,7 @@ class Trainer:
         self._saving = False          # a validation's checkpoints are being written
         self.data = data or {}
         self.record = record
+        self.setting_defaults = (record or {}).get("defaults") or {}  # the script's (check_signature)
         self.metrics = None           # fit()'s result
         self.clock = Stopwatch(started)
         self._interrupted = []        # signals received during train(), acted on between steps
@@ -399,7 +400,7 @@ class Trainer:
         if not path.exists():
             raise UserError(f"nothing to resume: {path} does not exist; run without --resume to start")
         state = load_own_checkpoint(path, LAST_CHECKPOINT, map_location=self.device)
-        check_resumable(state, self.run_dir, self.signature, self.data, self.log)
+        check_resumable(state, self.run_dir, self.signature, self.data, self.log, self.setting_defaults)
         problem = length_problem(state, self.config, self.steps_per_epoch, self.run_dir)
         if problem:
             raise UsageError(problem)
@@ -632,7 +633,8 @@ def evaluate_checkpoint(trainer: "Trainer", path: Path) -> dict:
     the run; on the data it was trained on or other data (another folder or --subset: `data` and `trained_on`
     say)."""
     state = load_own_checkpoint(path, BEST_CHECKPOINT, map_location=trainer.device)
-    check_signature(state, trainer.signature, path, "evaluate", may_differ={"subset"})
+    check_signature(state, trainer.signature, path, "evaluate", may_differ={"subset"},
+                    defaults=trainer.setting_defaults)
     try:
         trainer.model.load_state_dict(state["model"])
     except (KeyError, RuntimeError) as error:

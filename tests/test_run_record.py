@@ -451,3 +451,30 @@ def test_a_recorded_list_is_checked_item_by_item(tmp_path):
     for wrong, says in (([8, 16], "a list of 3"), ([8, 0, 32], ">= 1"), (8, "a list of 3"), ([8, "16", 32], "number")):
         with pytest.raises(utils.UserError, match=says):
             cli._recorded_value("widths", wrong, tmp_path, widths)
+
+
+# ---------------------------------------------------------------- a setting a script gained since a run was made
+
+def test_a_run_made_before_its_script_gained_a_setting_resumes_with_its_default(folder_data, tmp_path, capsys):
+    """Model 1's --widths (Task 3c's "more filters") came after runs of it were made: a checkpoint without it was
+    trained with its default, so it resumes; another value is refused as any other setting is."""
+    import task3_model1
+    run_dir = tmp_path / "run"
+    argv = ["--run-dir", run_dir, "--plot-dir", tmp_path / "plots", "--data-dir", folder_data, *TINY]
+    assert exit_code(task3_model1.main, *argv, "--max-steps", 10) == 0
+    as_an_earlier_version_wrote_it(run_dir)
+    for name in ("last.pt", "best.pt"):     # what the checkpoints recorded before the flag existed
+        state = utils.load_checkpoint(run_dir / name)
+        del state["signature"]["widths"]
+        utils.save_checkpoint(state, run_dir / name)
+    config = utils.read_json(run_dir / "config.json")
+    for section in ("settings", "defaults"):
+        config[section].pop("widths")
+    utils.write_json(config, run_dir / "config.json")
+    capsys.readouterr()
+    code, stderr = outcome(task3_model1.main, ["--run-dir", run_dir, "--resume", "--widths", "16", "32", "64",
+                                               "--max-steps", "20"], capsys)
+    assert code == 1 and "widths: None -> [16, 32, 64]" in stderr and one_line_error(stderr)
+    code, stderr = outcome(task3_model1.main, ["--run-dir", run_dir, "--resume", "--max-steps", "20"], capsys)
+    assert code == 0, stderr
+    assert read_run(run_dir)["metrics"]["steps"] == 20
