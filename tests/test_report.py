@@ -61,6 +61,7 @@ def test_task3_comparisons_are_drawn(runs, tmp_path):
     assert "0.723" in (plots / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_truncated_history_is_a_clear_error_and_the_rest_is_drawn(runs, tmp_path):
     history = runs / "task3_model2" / "history.json"
     history.write_text(history.read_text()[:200])
@@ -362,6 +363,7 @@ def test_a_run_that_is_not_the_real_thing_is_replaced_as_overwrite_does(runs, tm
     assert "replace  Task 2 (finished, not the real thing: smoke run: --subset 2000, --max-steps 50)" in err
 
 
+@pytest.mark.slow
 def test_nothing_to_train_only_when_every_run_is_real(runs, tmp_path, training, capsys):
     calls, _ = training
     fake_run(runs, "task3d", 0.9)
@@ -394,6 +396,7 @@ def test_what_cannot_run_is_skipped_up_front_a_failure_never_stops_the_report(ru
     assert (plots / "report.md").is_file() and (plots / "report.html").is_file()    # written all the same
 
 
+@pytest.mark.slow
 def test_skip_leaves_a_run_out_and_says_so(runs, tmp_path, training, capsys):
     calls, _ = training
     report.main(["--runs-dir", str(runs), "--plot-dir", str(tmp_path / "plots"), "--train-missing", "--skip",
@@ -414,6 +417,7 @@ def test_an_interrupted_train_missing_says_how_to_go_on_with_every_flag_given(ru
     assert "--resume" not in str(stopped.value)
 
 
+@pytest.mark.slow
 def test_the_experiments_train_only_when_asked(runs, tmp_path, training):
     calls, _ = training
     fake_run(runs, "task3d", 0.9)
@@ -639,6 +643,7 @@ We learnt that depth helps.
 """
 
 
+@pytest.mark.slow
 def test_the_answers_file_is_written_once_and_survives_every_regeneration(runs, tmp_path):
     answers, plots = tmp_path / "answers.md", tmp_path / "plots"
     report.main(["--runs-dir", str(runs), "--plot-dir", str(plots), "--answers", str(answers)])
@@ -675,6 +680,7 @@ def test_answers_that_cannot_be_a_file_are_refused_before_any_work(runs, tmp_pat
     assert not (tmp_path / "plots").exists()
 
 
+@pytest.mark.slow
 def test_report_prints_a_short_summary_not_the_markdown(runs, tmp_path, capsys):
     config = json.loads((runs / "task2" / "config.json").read_text())
     config["settings"].update(subset=300, max_steps=5)
@@ -688,6 +694,7 @@ def test_report_prints_a_short_summary_not_the_markdown(runs, tmp_path, capsys):
     assert "task4a is unfinished: continue it with" in err
 
 
+@pytest.mark.slow
 def test_every_number_of_a_smoke_run_says_so_where_it_is_shown(runs, tmp_path):
     for name in ("task2", "task3_model1", "task3_model2", "task3c_before"):
         config = json.loads((runs / name / "config.json").read_text())
