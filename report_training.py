@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, KINDS, MISSING, RUNS, STATES,
-                         UNFINISHED, command_for, duration_text, load, script_argv, seconds_on)
+from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, KINDS, MISSING, RUNS, UNFINISHED,
+                         command_for, duration_text, load, script_argv, seconds_on)
 from run_folder import ROOT, caveats
 from trainer import TrainingInterrupted
 
@@ -65,7 +65,7 @@ def preconditions(steps: list[Step], image: Path | None) -> tuple[list[Step], li
         if step.entry.name == "task4a" and "--weights" not in step.argv and not weights.is_file():
             try:
                 resnet.imagenet_state_dict()  # downloads them once, as task4a.py would
-            except Exception as error:  # noqa: BLE001 - any failure means: not here, skip it
+            except Exception as error:  # whatever the failure (offline, a damaged cache): not here, skip it
                 lines.append(f"skipped {step.entry.title}: {error}")
                 continue
         kept.append(step)
@@ -102,9 +102,8 @@ def plan(runs_dir: Path, data_dir: str | None, with_experiments: bool, skip=()) 
                               f"{state}, not the real thing: {'; '.join(notes)}"))
         elif state == UNFINISHED:
             steps.append(Step(entry, "continue", script_argv(entry, runs_dir, "--resume", *extra), "unfinished"))
-        else:
-            assert state == MISSING and state in STATES
-            steps.append(Step(entry, "train", script_argv(entry, runs_dir, *extra), "missing"))
+        else:  # missing
+            steps.append(Step(entry, "train", script_argv(entry, runs_dir, *extra), MISSING))
     return steps, lines
 
 
