@@ -37,39 +37,42 @@ class RunEntry:
         return not self.experiment
 
 
-# On the 2-core AMD EPYC (bf16; fp32 from Task 2's ratio where not timed), the 2-core Intel Xeon with AMX for
-# Task 3d, and an NVIDIA H100: README.md's task table and docs/task3d.md, docs/task4.md.
-MODEL1_SECONDS = {"gpu": 21, "cpu-bf16": 1700, "cpu-fp32": 3400}
+# On the 2-core AMD EPYC (bf16; fp32 from Task 2's ratio where not timed), the 2-core Intel Xeon with AMX (both
+# threads) and an NVIDIA H100: README.md's task table and docs/results.md, docs/task3d.md, docs/task4.md.
+MODEL1_SECONDS = {"gpu": 21, "cpu-amx": 350, "cpu-bf16": 1700, "cpu-fp32": 3400}
 RUNS = (
     RunEntry("task2", "Task 2", "Task 2", "python task2.py", "2a",
-             seconds={"gpu": 17, "cpu-bf16": 350, "cpu-fp32": 750}),
+             seconds={"gpu": 17, "cpu-amx": 106, "cpu-bf16": 350, "cpu-fp32": 750}),
     RunEntry("task3_model1", "Task 3 Model 1", "Model 1", "python task3_model1.py", "3a",
              seconds=MODEL1_SECONDS, estimated=("cpu-fp32",)),
     RunEntry("task3_model2", "Task 3 Model 2", "Model 2", "python task3_model2.py", "3a",
-             seconds={"gpu": 20, "cpu-bf16": 1400, "cpu-fp32": 2800}, estimated=("cpu-fp32",)),
+             seconds={"gpu": 20, "cpu-amx": 431, "cpu-bf16": 1400, "cpu-fp32": 2800}, estimated=("cpu-fp32",)),
     RunEntry("task3c_before", "Task 3c before deepening", "before deepening",
              "python task3_model1.py --convs-per-stage 1", "3c", figure=False,
-             seconds={"cpu-bf16": 400, "cpu-fp32": 800}, estimated=("cpu-fp32",)),
+             seconds={"cpu-amx": 91, "cpu-bf16": 400, "cpu-fp32": 800}, estimated=("cpu-fp32",)),
     RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", "3d",
              seconds={"cpu-amx": 460, "cpu-bf16": 860, "cpu-fp32": 1060, "cpu-avx2": 1635}, estimated=("cpu-bf16",)),
     RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py", "4a",
              seconds={"gpu": 40, "cpu-bf16": 12 * 3600, "cpu-fp32": 20 * 3600},
              estimated=("gpu", "cpu-bf16", "cpu-fp32")),
 )
+
+
+def experiment(name: str, title: str, label: str, change: str, kind: str, amx: float, scale: float = 1) -> RunEntry:
+    """A Task 3c experiment: Model 1 with `change`; it costs about `scale` times Model 1 (timed with AMX)."""
+    return RunEntry(name, f"Task 3c: {title}", label, f"python task3_model1.py {change}", "3c", figure=False,
+                    experiment=kind, seconds={**{k: scale * v for k, v in MODEL1_SECONDS.items()}, "cpu-amx": amx},
+                    estimated=tuple(k for k in MODEL1_SECONDS if k != "cpu-amx"))
+
+
 # Task 3c's other experiments, each Model 1 with one change (the reference tried each; --train-missing trains
-# them only when asked: each costs about what Model 1 does).
+# them only when asked).
 EXPERIMENTS = (
-    RunEntry("task3c_elu", "Task 3c: ELU activations", "ELU", "python task3_model1.py --activation elu", "3c",
-             figure=False, experiment="activation", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
-    RunEntry("task3c_adam", "Task 3c: Adam", "Adam", "python task3_model1.py --optimizer adam --lr 1e-3", "3c",
-             figure=False, experiment="optimizer", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
-    RunEntry("task3c_rmsprop", "Task 3c: RMSprop", "RMSprop", "python task3_model1.py --optimizer rmsprop --lr 1e-4",
-             "3c", figure=False, experiment="optimizer", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
-    RunEntry("task3c_l2", "Task 3c: L2 regularisation", "L2", "python task3_model1.py --weight-decay 5e-4", "3c",
-             figure=False, experiment="l2", seconds=MODEL1_SECONDS, estimated=tuple(MODEL1_SECONDS)),
-    RunEntry("task3c_wider", "Task 3c: more filters", "more filters", "python task3_model1.py --widths 64 128 256",
-             "3c", figure=False, experiment="wider", seconds={k: 3 * v for k, v in MODEL1_SECONDS.items()},
-             estimated=tuple(MODEL1_SECONDS)),
+    experiment("task3c_elu", "ELU activations", "ELU", "--activation elu", "activation", 363),
+    experiment("task3c_adam", "Adam", "Adam", "--optimizer adam --lr 1e-3", "optimizer", 317),
+    experiment("task3c_rmsprop", "RMSprop", "RMSprop", "--optimizer rmsprop --lr 1e-4", "optimizer", 336),
+    experiment("task3c_l2", "L2 regularisation", "L2", "--weight-decay 5e-4", "l2", 288),
+    experiment("task3c_wider", "more filters", "more filters", "--widths 64 128 256", "wider", 821, scale=2.3),
 )
 BY_NAME = {entry.name: entry for entry in (*RUNS, *EXPERIMENTS)}
 
@@ -111,7 +114,7 @@ def seconds_on(entry: RunEntry, kinds) -> tuple[float | None, str | None]:
 def how_long(entry: RunEntry) -> str:
     """The default command's time on a CPU and on a GPU, as measured (or estimated)."""
     parts = []
-    for kinds in (("cpu-bf16", "cpu-amx"), ("cpu-fp32", "cpu-avx2"), ("gpu",)):
+    for kinds in (("cpu-amx",), ("cpu-bf16",), ("cpu-fp32", "cpu-avx2"), ("gpu",)):
         seconds, kind = seconds_on(entry, kinds)
         if seconds:
             estimate = " (estimated)" if kind in entry.estimated else ""
