@@ -47,9 +47,8 @@ def build(runs_dir: Path, plot_dir: Path, answers: report_answers.Answers, image
     problems = [item["message"] for item in found.values() if item["state"] == "broken"]
     drawn = draw_all(RUNS, found, plot_dir)
     folders, folder_problems = finished_folders(runs_dir, found)
-    report = Report(runs_dir, plot_dir, found, drawn, folders, answers, visualisations(plot_dir, image),
-                    problems + [p for p in folder_problems if p not in problems])
-    return report
+    return Report(runs_dir, plot_dir, found, drawn, folders, answers, visualisations(plot_dir, image),
+                  problems + [p for p in folder_problems if p not in problems])
 
 
 def task3_figures(report: Report) -> list[str]:

@@ -22,6 +22,11 @@ MARKDOWN = (MarkdownIt("commonmark", {"html": True, "typographer": False}).enabl
 SHORT = 120  # characters: a paragraph this short is kept on the page of the heading above it
 
 
+def without_paths(text: str) -> str:
+    """`text` with every absolute path of this machine cut to its last name (/tmp/a/cifar10-jpeg: cifar10-jpeg)."""
+    return re.sub(r"(?<![\w.~:/<-])/(?:[^\s/`|()\[\],;:<>]+/)+([^\s/`|()\[\],;:<>]+)", r"\1", text)
+
+
 def escape_cell(text) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -52,7 +57,7 @@ class Document:
         text = str(text)
         for prefix in self.hide:
             text = text.replace(prefix + os.sep, "")
-        return re.sub(r"(?<![\w.~:/<-])/(?:[^\s/`|()\[\],;:<>]+/)+([^\s/`|()\[\],;:<>]+)", r"\1", text)
+        return without_paths(text)
 
     def add(self, kind: str, markdown: str = "", **extra) -> None:
         self.blocks.append({"kind": kind, "markdown": markdown, **extra})
@@ -61,14 +66,14 @@ class Document:
         self.add("heading", "#" * level + " " + self.clean(text), level=level, anchor=anchor)
 
     def paragraph(self, text: str, style: str = "") -> None:
-        """A paragraph of Markdown; style "banner" or "note" sets it apart in the HTML."""
+        """A paragraph of Markdown; style "banner" sets it apart in the HTML."""
         self.add("paragraph", self.clean(text), style=style)
 
     def bullets(self, items) -> None:
         if items:
             self.add("paragraph", "\n".join(f"- {self.clean(item)}" for item in items))
 
-    def table(self, header, rows, align: str = "", caption: str = "", style: str = "") -> None:
+    def table(self, header, rows, align: str = "", caption: str = "") -> None:
         """A table; `align` one letter per column (l, r, c), default left; `caption` above it."""
         align = align.ljust(len(header), "l")
         rule = {"l": "---", "r": "---:", "c": ":---:"}
@@ -77,7 +82,7 @@ class Document:
         lines += ["| " + " | ".join(escape_cell(self.clean(c)) for c in row) + " |" for row in rows]
         if caption:
             self.add("caption", f"*{self.clean(caption)}*", style="caption")
-        self.add("table", "\n".join(lines), style=style)
+        self.add("table", "\n".join(lines))
 
     def figure(self, path: Path, caption: str, size: str = "") -> None:
         """A figure of plot_dir, linked by its name (relative); size "half" prints it at half the text width."""
@@ -90,9 +95,9 @@ class Document:
         if markdown.strip():
             self.add("answer", demoted(markdown.strip(), level + 1))
 
-    def group(self, style: str = "") -> None:
+    def group(self) -> None:
         """Start a group of blocks printed side by side where they fit (e.g. two small figures); end_group ends it."""
-        self.add("group", style=style)
+        self.add("group")
 
     def end_group(self) -> None:
         self.add("end_group")
@@ -170,7 +175,6 @@ code {{ font-size: 0.9em; background: #f3f3f3; }}
 @page {{ margin: 1.6cm 1.7cm; }}
 @media print {{
   body {{ max-width: none; margin: 0; padding: 0; font-size: 10pt; }}
-  h2.task {{ break-before: page; }}
   h1, h2, h3, h4 {{ break-after: avoid; }}
   .keep, figure, tr, .row {{ break-inside: avoid; }}
   figure img {{ max-height: 4.3in; }}

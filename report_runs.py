@@ -1,6 +1,7 @@
 """The runs the report is made of: their folders, the commands that make them, how long those take, and what
-each folder holds now, in one vocabulary (`STATES`) that the report, --train-missing and task3_compare.py share:
-the run folder's own words (run_folder.status), and two for a run the report cannot use."""
+each folder holds now, in one vocabulary that the report, --train-missing and task3_compare.py share: the run
+folder's own words (run_folder.status: FINISHED, UNFINISHED, IN_PROGRESS), and two for a run the report cannot use
+(MISSING, BROKEN)."""
 from __future__ import annotations
 
 import shlex
@@ -14,7 +15,6 @@ from utils import UserError
 # What a run's folder holds, as the report says it: the run folder's words, and a run that is not there or that
 # cannot be read.
 MISSING, BROKEN = "missing", "broken"
-STATES = (FINISHED, IN_PROGRESS, UNFINISHED, MISSING, BROKEN)
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,6 @@ class RunEntry:
     title: str                # as in figures and tables
     label: str                # short, for comparisons
     command: str              # what makes it (from this folder; --run-dir added where it is not the default)
-    question: str             # the assignment question it answers ("2a", "3b", "3c" ...)
     figure: bool = True       # drawn on its own (the 3c runs appear in the Task 3c figure and table only)
     experiment: str = ""      # a Task 3c experiment: its key in reference.EXPERIMENTS
     # How long the default command takes, in seconds, by machine kind (machine_kinds): from the measurements in
@@ -41,18 +40,18 @@ class RunEntry:
 # threads) and an NVIDIA H100: README.md's task table and docs/results.md, docs/task3d.md, docs/task4.md.
 MODEL1_SECONDS = {"gpu": 21, "cpu-amx": 350, "cpu-bf16": 1700, "cpu-fp32": 3400}
 RUNS = (
-    RunEntry("task2", "Task 2", "Task 2", "python task2.py", "2a",
+    RunEntry("task2", "Task 2", "Task 2", "python task2.py",
              seconds={"gpu": 17, "cpu-amx": 106, "cpu-bf16": 350, "cpu-fp32": 750}),
-    RunEntry("task3_model1", "Task 3 Model 1", "Model 1", "python task3_model1.py", "3a",
+    RunEntry("task3_model1", "Task 3 Model 1", "Model 1", "python task3_model1.py",
              seconds=MODEL1_SECONDS, estimated=("cpu-fp32",)),
-    RunEntry("task3_model2", "Task 3 Model 2", "Model 2", "python task3_model2.py", "3a",
+    RunEntry("task3_model2", "Task 3 Model 2", "Model 2", "python task3_model2.py",
              seconds={"gpu": 20, "cpu-amx": 431, "cpu-bf16": 1400, "cpu-fp32": 2800}, estimated=("cpu-fp32",)),
     RunEntry("task3c_before", "Task 3c before deepening", "before deepening",
-             "python task3_model1.py --convs-per-stage 1", "3c", figure=False,
+             "python task3_model1.py --convs-per-stage 1", figure=False,
              seconds={"cpu-amx": 91, "cpu-bf16": 400, "cpu-fp32": 800}, estimated=("cpu-fp32",)),
-    RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py", "3d",
+    RunEntry("task3d", "Task 3d", "Task 3d", "python task3d.py",
              seconds={"cpu-amx": 460, "cpu-bf16": 860, "cpu-fp32": 1060, "cpu-avx2": 1635}, estimated=("cpu-bf16",)),
-    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py", "4a",
+    RunEntry("task4a", "Task 4a", "Task 4a", "python task4a.py",
              seconds={"gpu": 40, "cpu-bf16": 12 * 3600, "cpu-fp32": 20 * 3600},
              estimated=("gpu", "cpu-bf16", "cpu-fp32")),
 )
@@ -60,7 +59,7 @@ RUNS = (
 
 def experiment(name: str, title: str, label: str, change: str, kind: str, amx: float, scale: float = 1) -> RunEntry:
     """A Task 3c experiment: Model 1 with `change`; it costs about `scale` times Model 1 (timed with AMX)."""
-    return RunEntry(name, f"Task 3c: {title}", label, f"python task3_model1.py {change}", "3c", figure=False,
+    return RunEntry(name, f"Task 3c: {title}", label, f"python task3_model1.py {change}", figure=False,
                     experiment=kind, seconds={**{k: scale * v for k, v in MODEL1_SECONDS.items()}, "cpu-amx": amx},
                     estimated=tuple(k for k in MODEL1_SECONDS if k != "cpu-amx"))
 
@@ -125,7 +124,7 @@ def how_long(entry: RunEntry) -> str:
 # ---------------------------------------------------------------- what each folder holds
 
 def load(entry: RunEntry, runs_dir: Path):
-    """(state, run data or None, message) of `entry`'s folder in `runs_dir`: a state of STATES, counted as
+    """(state, run data or None, message) of `entry`'s folder in `runs_dir`: one of the states above, counted as
     run_folder.status counts it (a finished run set aside by a killed --overwrite is finished)."""
     folder = Path(runs_dir) / entry.name
     try:

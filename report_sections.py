@@ -22,6 +22,7 @@ from report_runs import (BROKEN, BY_NAME, EXPERIMENTS, FINISHED, IN_PROGRESS, MI
                          duration_text, how_long, not_real, state_text)
 from run_folder import FILES, ROOT, caveats, marked, read_run
 from settings import EXPERIMENT, LENGTH, role
+from utils import UserError
 
 SPLITS = ("train", "validation", "test")
 STATE_MARKS = {IN_PROGRESS: "still training", UNFINISHED: "unfinished"}
@@ -218,12 +219,12 @@ def hyperparameters(doc: Document, report: Report, names: list[str], caption: st
                                 c.get("data", {}).get(f"{s}_images"), int) else "?" for s in SPLITS))):
         rows.append([label, *(str(pick(report.loaded[n]["config"])) for n in columns)]
                     + [""] * len(references))
+    align = "l" + "r" * (len(header) - 1)
     if len(header) == 2 and len(rows) > 8:  # one run, nothing beside it: two settings a row, half the height
         half = -(-len(rows) // 2)
         rows = [[*rows[i], *(rows[i + half] if i + half < len(rows) else ["", ""])] for i in range(half)]
-        header = header * 2
-    doc.table(header, rows, align="lr" * (len(header) // 2) if len(header) == 4 and not references else
-              "l" + "r" * (len(header) - 1), caption=caption)
+        header, align = header * 2, align * 2
+    doc.table(header, rows, align=align, caption=caption)
 
 
 # ---------------------------------------------------------------- title, banner, summary
@@ -640,8 +641,6 @@ def other_runs(folders: dict, names) -> list[list[str]]:
 
 def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
     """Every finished run folder in runs_dir (folder name -> run), and damaged ones found on the way."""
-    from utils import UserError
-
     folders, problems = {}, []
     if not Path(runs_dir).is_dir():
         return folders, problems
@@ -649,7 +648,7 @@ def finished_folders(runs_dir: Path, found: dict) -> tuple[dict, list[str]]:
         if not (folder / FILES.METRICS).exists():
             continue
         item = found.get(folder.name)
-        if item and item["state"] in (FINISHED, "broken"):
+        if item and item["state"] in (FINISHED, BROKEN):
             if item["state"] == FINISHED:
                 folders[folder.name] = item["run"]
             continue

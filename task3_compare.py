@@ -15,6 +15,7 @@ from pathlib import Path
 import cli
 import figures
 import reference
+from report_document import without_paths
 from report_runs import BY_NAME, FINISHED, load, metrics_table
 from run_folder import PLOT_DIR, RUNS_DIR, caveats, marked
 from utils import UserError, write_text
@@ -38,9 +39,8 @@ def load_runs(runs_dir: Path, names, read: dict) -> tuple[dict, list[str]]:
 
 def data_names(models: dict) -> str:
     """Where the runs' data came from, by folder name (no absolute path of this machine)."""
-    sources = {str(run["config"].get("data", {}).get("source", "?")) for run in models.values()}
-    return "; ".join(sorted(" ".join(Path(word).name if word.startswith("/") else word for word in source.split())
-                            for source in sources))
+    return "; ".join(sorted({without_paths(str(run["config"].get("data", {}).get("source", "?")))
+                             for run in models.values()}))
 
 
 def table_markdown(models: dict) -> str:
